@@ -1,0 +1,264 @@
+//! Process configuration, read from the environment with `envy`.
+//!
+//! Every binary reads the same [`Config`]; each field is an upper-case environment variable
+//! with a documented default (see the README's configuration table). [`Config::from_env`]
+//! fails with a message that names the offending variable, and [`Secret`] keeps the OpenAI
+//! key out of `Debug` output and logs.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// A value that must never be printed (the OpenAI key).
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself: only for the one place that needs it (the HTTP client).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+/// All of Confab's settings. Field `foo_bar` is read from `FOO_BAR`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    // --- shared ---
+    pub redis_url: String,
+    pub conversation_ttl_secs: u64,
+    pub member_chat_ttl_secs: u64,
+    pub max_message_bytes: usize,
+    pub max_messages_per_conversation: u64,
+    pub event_history_len: u64,
+    // --- pipeline ---
+    pub request_timeout_ms: u64,
+    pub claim_idle_ms: u64,
+    pub max_deliveries: u64,
+    pub worker_batch_size: usize,
+    pub command_stream_max_len: u64,
+    pub dead_letter_max_len: u64,
+    pub worker_name: Option<String>,
+    // --- gateway ---
+    pub gateway_addr: String,
+    pub gateway_id: Option<String>,
+    pub web_dir: String,
+    pub session_ttl_secs: u64,
+    pub login_max_failures: u64,
+    pub login_window_secs: u64,
+    pub ws_max_frame_bytes: usize,
+    pub ws_send_queue: usize,
+    pub ws_max_subscriptions: usize,
+    pub ws_idle_timeout_secs: u64,
+    pub ws_rate_per_sec: u32,
+    pub ws_rate_burst: u32,
+    // --- assistant ---
+    pub openai_api_key: Secret,
+    pub openai_base_url: String,
+    pub openai_model: String,
+    pub assistant_system_prompt: String,
+    pub assistant_max_tokens: u32,
+    pub assistant_context_messages: usize,
+    pub assistant_context_chars: usize,
+    pub completion_concurrency: usize,
+    pub assistant_give_up_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            conversation_ttl_secs: 1800,
+            member_chat_ttl_secs: 7 * 24 * 3600,
+            max_message_bytes: 16 * 1024,
+            max_messages_per_conversation: 10_000,
+            event_history_len: 2000,
+            request_timeout_ms: 5000,
+            claim_idle_ms: 10_000,
+            max_deliveries: 5,
+            worker_batch_size: 256,
+            command_stream_max_len: 200_000,
+            dead_letter_max_len: 10_000,
+            worker_name: None,
+            gateway_addr: "127.0.0.1:3000".into(),
+            gateway_id: None,
+            web_dir: "gateway/web/dist".into(),
+            session_ttl_secs: 7 * 24 * 3600,
+            login_max_failures: 10,
+            login_window_secs: 300,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_send_queue: 1024,
+            ws_max_subscriptions: 256,
+            ws_idle_timeout_secs: 60,
+            ws_rate_per_sec: 100,
+            ws_rate_burst: 400,
+            openai_api_key: Secret::default(),
+            openai_base_url: "https://api.openai.com/v1".into(),
+            openai_model: "gpt-4o-mini".into(),
+            assistant_system_prompt: "You are Confab's assistant, taking part in a group chat. \
+                Messages from people are prefixed with their username. Answer helpfully and \
+                concisely in Markdown."
+                .into(),
+            assistant_max_tokens: 1024,
+            assistant_context_messages: 20,
+            assistant_context_chars: 12_000,
+            completion_concurrency: 256,
+            assistant_give_up_secs: 30,
+        }
+    }
+}
+
+/// A configuration problem, always naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads the process environment. Unknown variables are ignored.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    /// Reads from explicit pairs (tests).
+    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, ConfigError> {
+        // Empty values mean "unset" so `FOO= gateway` falls back to the default.
+        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+        let config: Config = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&str, u64); 14] = [
+            ("CONVERSATION_TTL_SECS", self.conversation_ttl_secs),
+            ("MEMBER_CHAT_TTL_SECS", self.member_chat_ttl_secs),
+            ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
+            ("MAX_MESSAGES_PER_CONVERSATION", self.max_messages_per_conversation),
+            ("EVENT_HISTORY_LEN", self.event_history_len),
+            ("REQUEST_TIMEOUT_MS", self.request_timeout_ms),
+            ("CLAIM_IDLE_MS", self.claim_idle_ms),
+            ("MAX_DELIVERIES", self.max_deliveries),
+            ("WORKER_BATCH_SIZE", self.worker_batch_size as u64),
+            ("COMMAND_STREAM_MAX_LEN", self.command_stream_max_len),
+            ("SESSION_TTL_SECS", self.session_ttl_secs),
+            ("WS_SEND_QUEUE", self.ws_send_queue as u64),
+            ("WS_MAX_FRAME_BYTES", self.ws_max_frame_bytes as u64),
+            ("COMPLETION_CONCURRENCY", self.completion_concurrency as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be greater than 0")));
+            }
+        }
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return Err(ConfigError(format!(
+                "REDIS_URL must start with redis://, rediss:// or unix:// (got {:?})",
+                redact_url(&self.redis_url)
+            )));
+        }
+        if !(self.openai_base_url.starts_with("http://") || self.openai_base_url.starts_with("https://")) {
+            return Err(ConfigError("OPENAI_BASE_URL must be an http:// or https:// URL".into()));
+        }
+        if self.gateway_addr.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "GATEWAY_ADDR must be an address such as 127.0.0.1:3000 (got {:?})",
+                self.gateway_addr
+            )));
+        }
+        if self.event_history_len < 1000 {
+            return Err(ConfigError("EVENT_HISTORY_LEN must be at least 1000".into()));
+        }
+        if self.ws_rate_burst < self.ws_rate_per_sec {
+            return Err(ConfigError("WS_RATE_BURST must be at least WS_RATE_PER_SEC".into()));
+        }
+        Ok(())
+    }
+
+    /// `GATEWAY_ADDR`, checked by [`Config::from_env`].
+    pub fn gateway_socket_addr(&self) -> SocketAddr {
+        self.gateway_addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3000)))
+    }
+
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn claim_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.claim_idle_ms)
+    }
+}
+
+/// Hides a password in a Redis URL (`redis://:pw@host` → `redis://:***@host`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_iter(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.conversation_ttl_secs, 1800);
+        assert_eq!(c.gateway_socket_addr().port(), 3000);
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.max_message_bytes, 16384);
+    }
+
+    #[test]
+    fn bad_number_names_the_variable() {
+        let err = Config::from_iter(vars(&[("CONVERSATION_TTL_SECS", "soon")])).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("CONVERSATION_TTL_SECS"), "{msg}");
+    }
+
+    #[test]
+    fn zero_is_rejected_with_the_name() {
+        let err = Config::from_iter(vars(&[("MAX_DELIVERIES", "0")])).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("MAX_DELIVERIES"));
+    }
+
+    #[test]
+    fn bad_addr_names_the_variable() {
+        let err = Config::from_iter(vars(&[("GATEWAY_ADDR", "nowhere")])).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("GATEWAY_ADDR"));
+    }
+
+    #[test]
+    fn secret_is_not_printed() {
+        let c = Config::from_iter(vars(&[("OPENAI_API_KEY", "sk-verysecret")])).unwrap_or_else(|e| panic!("{e}"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-verysecret"));
+        assert_eq!(c.openai_api_key.expose(), "sk-verysecret");
+    }
+
+    #[test]
+    fn redis_password_is_redacted() {
+        assert_eq!(redact_url("redis://:pw@host:6379"), "redis://***@host:6379");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+}
