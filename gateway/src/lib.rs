@@ -1,1 +1,131 @@
-//! placeholder
+//! # confab-gateway
+//!
+//! The HTTP and WebSocket front door. It validates requests, turns writes into commands on
+//! `confab:commands`, waits for the persistence worker's reply, reads directly from Redis,
+//! and pushes events to WebSocket clients. It holds no state another replica needs: any
+//! number of gateways may share a port (SO_REUSEPORT) or sit behind a load balancer.
+//!
+//! ## Layout
+//! - [`rest`]: routes, body reading, handlers, the one error shape and `recover`.
+//! - [`ws`]: handshake, per-connection session, frame protocol, local fan-out hub.
+//! - [`pipeline`]: append a command, wait for its reply (504 after `REQUEST_TIMEOUT_MS`).
+//! - [`bus`]: the Pub/Sub connection — replies, conversation events, user notices.
+//! - [`store`]: reads (conversation, chat list, event history).
+//! - [`auth`]: users (argon2id), sessions (hashed tokens), sign-in rate limiting.
+//! - [`web`]: the browser client's files with an `index.html` fallback.
+
+pub mod auth;
+pub mod bus;
+pub mod pipeline;
+pub mod rest;
+pub mod state;
+pub mod store;
+pub mod web;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use confab_shared::{keys, redis_util, streams, Config};
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+/// Binds `addr` with SO_REUSEPORT (and SO_REUSEADDR), so several gateways share the port.
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Serves on `listener` until `cancel` fires, then stops accepting, lets in-flight requests
+/// finish, closes WebSockets with 1001 and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let gateway_id: Arc<str> = cfg
+        .gateway_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+        .into();
+    let Some(mut conn) =
+        redis_util::connect_with_retry(&cfg.redis_url, cfg.request_timeout(), &cancel).await
+    else {
+        return Ok(());
+    };
+    // Whichever process starts first creates the groups, from the start of the streams.
+    streams::ensure_group(&mut conn, keys::COMMANDS_STREAM, keys::PERSISTENCE_GROUP)
+        .await
+        .context("creating the persistence group")?;
+    streams::ensure_group(&mut conn, keys::COMPLETIONS_STREAM, keys::COMPLETION_GROUP)
+        .await
+        .context("creating the completion group")?;
+
+    let pipeline = pipeline::Pipeline::new(
+        conn.clone(),
+        &gateway_id,
+        cfg.request_timeout(),
+        cfg.command_stream_max_len,
+    );
+    let hub = Arc::new(ws::hub::Hub::new());
+    let bus = bus::Bus::start(
+        &cfg.redis_url,
+        keys::reply_channel(&gateway_id),
+        pipeline.clone(),
+        hub.clone(),
+        cancel.clone(),
+    )
+    .await
+    .context("subscribing to the reply channel")?;
+    let state = state::AppState {
+        cfg: cfg.clone(),
+        gateway_id: gateway_id.clone(),
+        pipeline,
+        store: store::Store::new(conn.clone()),
+        auth: auth::Auth::new(conn, &cfg),
+        hub: hub.clone(),
+        bus,
+        shutdown: cancel.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
+    let routes = rest::routes(state.clone())
+        .or(ws::upgrade::route(state.clone()))
+        .unify()
+        .or(web::routes(cfg.web_dir.clone().into()))
+        .unify()
+        .recover(rest::errors::recover)
+        .unify()
+        .with(warp::reply::with::header(
+            "x-content-type-options",
+            "nosniff",
+        ));
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(gateway_id = %gateway_id, addr = ?addr, "gateway listening");
+    let shutdown = cancel.clone();
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
+    hub.close_all(ws::session::CLOSE_GOING_AWAY);
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some WebSocket sessions did not close in time");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

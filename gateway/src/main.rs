@@ -1,1 +1,33 @@
-fn main() {}
+//! `gateway`: reads config, starts tracing, binds `GATEWAY_ADDR` with SO_REUSEPORT, runs.
+
+use confab_shared::{shutdown, telemetry, Config};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init_tracing();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let addr = config.gateway_socket_addr();
+    let listener = match confab_gateway::bind_reuseport(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gateway: cannot listen on GATEWAY_ADDR={addr}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    shutdown::cancel_on_signals(cancel.clone());
+    match confab_gateway::run(listener, config, cancel).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -25,7 +25,11 @@ pub struct CommandEnvelope {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Command {
     /// An open conversation (no owner) or a member chat (owner plus members).
     CreateConversation {
@@ -62,10 +66,18 @@ pub enum Command {
 impl Command {
     pub fn conversation_id(&self) -> Uuid {
         match self {
-            Command::CreateConversation { conversation_id, .. }
-            | Command::SendMessage { conversation_id, .. }
-            | Command::DeleteMessage { conversation_id, .. }
-            | Command::AddMember { conversation_id, .. } => *conversation_id,
+            Command::CreateConversation {
+                conversation_id, ..
+            }
+            | Command::SendMessage {
+                conversation_id, ..
+            }
+            | Command::DeleteMessage {
+                conversation_id, ..
+            }
+            | Command::AddMember {
+                conversation_id, ..
+            } => *conversation_id,
         }
     }
 
@@ -90,7 +102,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn error(id: Uuid, status: u16, code: &str, message: &str) -> Self {
-        Self { id, status, body: error_body(code, message) }
+        Self {
+            id,
+            status,
+            body: error_body(code, message),
+        }
     }
 }
 
@@ -117,7 +133,11 @@ mod tests {
         let env = CommandEnvelope {
             id: Uuid::new_v4(),
             reply_to: Some("gw-1".into()),
-            command: Command::DeleteMessage { conversation_id: Uuid::new_v4(), message_id: Uuid::new_v4(), actor: None },
+            command: Command::DeleteMessage {
+                conversation_id: Uuid::new_v4(),
+                message_id: Uuid::new_v4(),
+                actor: None,
+            },
         };
         let json = serde_json::to_value(&env).unwrap_or_default();
         assert_eq!(json["kind"], "delete_message");

@@ -30,7 +30,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
     }
 }
 
@@ -45,6 +49,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_messages_per_conversation: u64,
     pub event_history_len: u64,
+    pub max_chat_members: usize,
     // --- pipeline ---
     pub request_timeout_ms: u64,
     pub claim_idle_ms: u64,
@@ -87,6 +92,7 @@ impl Default for Config {
             max_message_bytes: 16 * 1024,
             max_messages_per_conversation: 10_000,
             event_history_len: 2000,
+            max_chat_members: 256,
             request_timeout_ms: 5000,
             claim_idle_ms: 10_000,
             max_deliveries: 5,
@@ -130,11 +136,13 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Reads the process environment. Unknown variables are ignored.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Reads from explicit pairs (tests).
-    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, ConfigError> {
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
+        vars: I,
+    ) -> Result<Self, ConfigError> {
         // Empty values mean "unset" so `FOO= gateway` falls back to the default.
         let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
         let config: Config = envy::from_iter(vars).map_err(|e| ConfigError(e.to_string()))?;
@@ -143,12 +151,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 15] = [
             ("CONVERSATION_TTL_SECS", self.conversation_ttl_secs),
             ("MEMBER_CHAT_TTL_SECS", self.member_chat_ttl_secs),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
-            ("MAX_MESSAGES_PER_CONVERSATION", self.max_messages_per_conversation),
+            (
+                "MAX_MESSAGES_PER_CONVERSATION",
+                self.max_messages_per_conversation,
+            ),
             ("EVENT_HISTORY_LEN", self.event_history_len),
+            ("MAX_CHAT_MEMBERS", self.max_chat_members as u64),
             ("REQUEST_TIMEOUT_MS", self.request_timeout_ms),
             ("CLAIM_IDLE_MS", self.claim_idle_ms),
             ("MAX_DELIVERIES", self.max_deliveries),
@@ -173,8 +185,12 @@ impl Config {
                 redact_url(&self.redis_url)
             )));
         }
-        if !(self.openai_base_url.starts_with("http://") || self.openai_base_url.starts_with("https://")) {
-            return Err(ConfigError("OPENAI_BASE_URL must be an http:// or https:// URL".into()));
+        if !(self.openai_base_url.starts_with("http://")
+            || self.openai_base_url.starts_with("https://"))
+        {
+            return Err(ConfigError(
+                "OPENAI_BASE_URL must be an http:// or https:// URL".into(),
+            ));
         }
         if self.gateway_addr.parse::<SocketAddr>().is_err() {
             return Err(ConfigError(format!(
@@ -183,17 +199,23 @@ impl Config {
             )));
         }
         if self.event_history_len < 1000 {
-            return Err(ConfigError("EVENT_HISTORY_LEN must be at least 1000".into()));
+            return Err(ConfigError(
+                "EVENT_HISTORY_LEN must be at least 1000".into(),
+            ));
         }
         if self.ws_rate_burst < self.ws_rate_per_sec {
-            return Err(ConfigError("WS_RATE_BURST must be at least WS_RATE_PER_SEC".into()));
+            return Err(ConfigError(
+                "WS_RATE_BURST must be at least WS_RATE_PER_SEC".into(),
+            ));
         }
         Ok(())
     }
 
     /// `GATEWAY_ADDR`, checked by [`Config::from_env`].
     pub fn gateway_socket_addr(&self) -> SocketAddr {
-        self.gateway_addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3000)))
+        self.gateway_addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3000)))
     }
 
     pub fn request_timeout(&self) -> std::time::Duration {
@@ -207,7 +229,9 @@ impl Config {
 /// Hides a password in a Redis URL (`redis://:pw@host` → `redis://:***@host`).
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
@@ -217,12 +241,15 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_apply() {
-        let c = Config::from_iter(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::from_vars(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.conversation_ttl_secs, 1800);
         assert_eq!(c.gateway_socket_addr().port(), 3000);
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
@@ -231,26 +258,33 @@ mod tests {
 
     #[test]
     fn bad_number_names_the_variable() {
-        let err = Config::from_iter(vars(&[("CONVERSATION_TTL_SECS", "soon")])).err();
+        let err = Config::from_vars(vars(&[("CONVERSATION_TTL_SECS", "soon")])).err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("CONVERSATION_TTL_SECS"), "{msg}");
     }
 
     #[test]
     fn zero_is_rejected_with_the_name() {
-        let err = Config::from_iter(vars(&[("MAX_DELIVERIES", "0")])).err();
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("MAX_DELIVERIES"));
+        let err = Config::from_vars(vars(&[("MAX_DELIVERIES", "0")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("MAX_DELIVERIES"));
     }
 
     #[test]
     fn bad_addr_names_the_variable() {
-        let err = Config::from_iter(vars(&[("GATEWAY_ADDR", "nowhere")])).err();
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("GATEWAY_ADDR"));
+        let err = Config::from_vars(vars(&[("GATEWAY_ADDR", "nowhere")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("GATEWAY_ADDR"));
     }
 
     #[test]
     fn secret_is_not_printed() {
-        let c = Config::from_iter(vars(&[("OPENAI_API_KEY", "sk-verysecret")])).unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::from_vars(vars(&[("OPENAI_API_KEY", "sk-verysecret")]))
+            .unwrap_or_else(|e| panic!("{e}"));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sk-verysecret"));
         assert_eq!(c.openai_api_key.expose(), "sk-verysecret");

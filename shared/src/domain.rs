@@ -79,7 +79,10 @@ pub fn validate_content(content: &str, limit: usize) -> Result<(), ValidationErr
         return Err(ValidationError::EmptyContent);
     }
     if content.len() > limit {
-        return Err(ValidationError::ContentTooLarge { size: content.len(), limit });
+        return Err(ValidationError::ContentTooLarge {
+            size: content.len(),
+            limit,
+        });
     }
     Ok(())
 }
@@ -160,8 +163,19 @@ mod tests {
 
     #[test]
     fn bad_timestamps_are_rejected() {
-        for ts in ["", "yesterday", "2025-13-05T14:00:00Z", "2025-04-05", "14:00", "2025-04-05T25:00:00Z"] {
-            assert_eq!(validate_timestamp(ts), Err(ValidationError::InvalidTimestamp), "{ts}");
+        for ts in [
+            "",
+            "yesterday",
+            "2025-13-05T14:00:00Z",
+            "2025-04-05",
+            "14:00",
+            "2025-04-05T25:00:00Z",
+        ] {
+            assert_eq!(
+                validate_timestamp(ts),
+                Err(ValidationError::InvalidTimestamp),
+                "{ts}"
+            );
         }
     }
 
@@ -175,9 +189,15 @@ mod tests {
 
     #[test]
     fn content_limits() {
-        assert_eq!(validate_content("  ", 10), Err(ValidationError::EmptyContent));
+        assert_eq!(
+            validate_content("  ", 10),
+            Err(ValidationError::EmptyContent)
+        );
         assert!(validate_content("hello", 5).is_ok());
-        assert!(matches!(validate_content("hello!", 5), Err(ValidationError::ContentTooLarge { size: 6, limit: 5 })));
+        assert!(matches!(
+            validate_content("hello!", 5),
+            Err(ValidationError::ContentTooLarge { size: 6, limit: 5 })
+        ));
     }
 
     #[test]

@@ -12,7 +12,11 @@ use uuid::Uuid;
 use crate::domain::Message;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Event {
     Message {
         conversation_id: Uuid,
@@ -112,12 +116,23 @@ mod tests {
     #[test]
     fn shapes_match_the_protocol() {
         let id = Uuid::nil();
-        let e = Event::AssistantDelta { conversation_id: id, response_id: id, seq: 3, delta: "hi".into() };
+        let e = Event::AssistantDelta {
+            conversation_id: id,
+            response_id: id,
+            seq: 3,
+            delta: "hi".into(),
+        };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap_or_default();
         assert_eq!(v["type"], "assistant_delta");
         assert_eq!(v["responseId"], id.to_string());
         assert_eq!(v["seq"], 3);
-        let done = Event::AssistantDone { conversation_id: id, response_id: id, message_id: id, stopped: false, usage: None };
+        let done = Event::AssistantDone {
+            conversation_id: id,
+            response_id: id,
+            message_id: id,
+            stopped: false,
+            usage: None,
+        };
         let v: serde_json::Value = serde_json::from_str(&done.to_json()).unwrap_or_default();
         assert!(v.get("stopped").is_none());
         let h: EventHeader = serde_json::from_str(r#"{"type":"message","conversationId":"00000000-0000-0000-0000-000000000000","eventId":7,"message":{}}"#)

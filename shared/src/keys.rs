@@ -28,6 +28,8 @@ pub const COMPLETION_GROUP: &str = "completion";
 pub const DEAD_LETTER_STREAM: &str = "confab:dead-letter";
 /// Sorted set: conversation id → deadline (ms since epoch) for the cleanup workers.
 pub const ACTIVITY_INDEX: &str = "confab:activity";
+/// Pub/Sub channel on which completion workers hear "stop answering conversation X".
+pub const CANCEL_CHANNEL: &str = "confab:cancel";
 /// Sorted set of all usernames (score 0) for prefix search.
 pub const USERNAMES: &str = "confab:usernames";
 
@@ -55,7 +57,15 @@ pub fn conv_answer(id: &Uuid) -> String {
 
 /// All keys a conversation owns, in the order the Lua scripts expect them.
 pub fn conv_keys(id: &Uuid) -> [String; 7] {
-    [conv_meta(id), conv_order(id), conv_msgs(id), conv_events(id), conv_applied(id), conv_members(id), conv_answer(id)]
+    [
+        conv_meta(id),
+        conv_order(id),
+        conv_msgs(id),
+        conv_events(id),
+        conv_applied(id),
+        conv_members(id),
+        conv_answer(id),
+    ]
 }
 
 /// Pub/Sub channel carrying a conversation's events (stored and live-only).

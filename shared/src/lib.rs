@@ -27,6 +27,7 @@ pub mod domain;
 pub mod events;
 pub mod keys;
 pub mod redis_util;
+pub mod scripting;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

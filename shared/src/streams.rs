@@ -18,7 +18,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
+};
 use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +51,9 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn field(&self, name: &str) -> Option<String> {
-        self.fields.get(name).and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        self.fields
+            .get(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
     }
 }
 
@@ -74,9 +78,19 @@ pub struct GroupConsumer {
 }
 
 impl GroupConsumer {
-    pub async fn new(redis_url: &str, conn: ConnectionManager, cfg: GroupConfig) -> RedisResult<Self> {
+    pub async fn new(
+        redis_url: &str,
+        conn: ConnectionManager,
+        cfg: GroupConfig,
+    ) -> RedisResult<Self> {
         let read_conn = redis_util::blocking_connection(redis_url, cfg.block).await?;
-        let mut me = Self { cfg, conn, read_conn, claim_cursor: "0-0".into(), last_claim: None };
+        let mut me = Self {
+            cfg,
+            conn,
+            read_conn,
+            claim_cursor: "0-0".into(),
+            last_claim: None,
+        };
         ensure_group(&mut me.conn, &me.cfg.stream, &me.cfg.group).await?;
         Ok(me)
     }
@@ -88,7 +102,9 @@ impl GroupConsumer {
     /// Entries to work on: reclaimed ones when a reclaim is due and finds some, else new ones
     /// (waiting up to `block`). Entries over the delivery limit are dead-lettered here.
     pub async fn next_batch(&mut self) -> RedisResult<Vec<Delivery>> {
-        let due = self.last_claim.is_none_or(|t| t.elapsed() >= self.cfg.claim_idle / 2);
+        let due = self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.cfg.claim_idle / 2);
         if due {
             self.last_claim = Some(Instant::now());
             let claimed = self.reclaim().await?;
@@ -119,7 +135,13 @@ impl GroupConsumer {
             Err(e) => return Err(e),
         };
         Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(|s| into_delivery(s, 1)).collect())
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .map(|s| into_delivery(s, 1))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -142,16 +164,28 @@ impl GroupConsumer {
         let mut fresh = Vec::new();
         let mut dead = Vec::new();
         for s in reply.claimed {
-            let n = counts.get(&s.id).copied().unwrap_or(self.cfg.max_deliveries + 1);
+            let n = counts
+                .get(&s.id)
+                .copied()
+                .unwrap_or(self.cfg.max_deliveries + 1);
             let d = into_delivery(s, n);
             if n > self.cfg.max_deliveries {
-                dead.push((d, format!("delivered {n} times (MAX_DELIVERIES={})", self.cfg.max_deliveries)));
+                dead.push((
+                    d,
+                    format!(
+                        "delivered {n} times (MAX_DELIVERIES={})",
+                        self.cfg.max_deliveries
+                    ),
+                ));
             } else {
                 fresh.push(d);
             }
         }
         if !dead.is_empty() {
-            let outcomes: Vec<_> = dead.iter().map(|(d, why)| (d.clone(), Disposition::Poison(why.clone()))).collect();
+            let outcomes: Vec<_> = dead
+                .iter()
+                .map(|(d, why)| (d.clone(), Disposition::Poison(why.clone())))
+                .collect();
             self.settle(&outcomes).await?;
         }
         tracing::warn!(stream = %self.cfg.stream, reclaimed = fresh.len(), "reclaimed entries from an idle consumer");
@@ -171,7 +205,11 @@ impl GroupConsumer {
             .arg(&self.cfg.consumer)
             .query_async(&mut self.conn)
             .await?;
-        Ok(reply.ids.into_iter().map(|p| (p.id, p.times_delivered as u64)).collect())
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered as u64))
+            .collect())
     }
 
     /// Acknowledges `Ack` and `Poison` entries (dead-lettering the latter) in one round trip.
@@ -187,7 +225,12 @@ impl GroupConsumer {
                     let payload: HashMap<&String, String> = d
                         .fields
                         .iter()
-                        .map(|(k, v)| (k, redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
+                        .map(|(k, v)| {
+                            (
+                                k,
+                                redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
+                            )
+                        })
                         .collect();
                     pipe.cmd("XADD")
                         .arg(&self.cfg.dead_letter_stream)
@@ -215,13 +258,21 @@ impl GroupConsumer {
         if acks.is_empty() {
             return Ok(());
         }
-        pipe.cmd("XACK").arg(&self.cfg.stream).arg(&self.cfg.group).arg(&acks).ignore();
+        pipe.cmd("XACK")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&acks)
+            .ignore();
         pipe.query_async::<()>(&mut self.conn).await
     }
 
     /// Resets the idle time of entries still being worked on, so no one reclaims a live job.
     /// `JUSTID` leaves the delivery counter alone.
-    pub async fn keep_alive(conn: &mut ConnectionManager, cfg: &GroupConfig, ids: &[String]) -> RedisResult<()> {
+    pub async fn keep_alive(
+        conn: &mut ConnectionManager,
+        cfg: &GroupConfig,
+        ids: &[String],
+    ) -> RedisResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -239,11 +290,19 @@ impl GroupConsumer {
 }
 
 fn into_delivery(s: StreamId, deliveries: u64) -> Delivery {
-    Delivery { id: s.id, fields: s.map, deliveries }
+    Delivery {
+        id: s.id,
+        fields: s.map,
+        deliveries,
+    }
 }
 
 /// `XGROUP CREATE stream group 0 MKSTREAM`, tolerating an existing group.
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<()> {
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
     let res: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -259,8 +318,16 @@ pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &st
 }
 
 /// Whether `group` exists on `stream` (readiness checks).
-pub async fn group_exists(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<bool> {
-    let res: RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+pub async fn group_exists(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<bool> {
+    let res: RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await;
     match res {
         Ok(reply) => Ok(reply.groups.iter().any(|g| g.name == group)),
         Err(e) if e.to_string().contains("no such key") => Ok(false),
@@ -270,7 +337,12 @@ pub async fn group_exists(conn: &mut ConnectionManager, stream: &str, group: &st
 
 /// Removes entries that every group has delivered and acknowledged. Returns how many went.
 pub async fn trim_consumed(conn: &mut ConnectionManager, stream: &str) -> RedisResult<u64> {
-    let groups: StreamInfoGroupsReply = match redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await {
+    let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+    {
         Ok(g) => g,
         Err(e) if e.to_string().contains("no such key") => return Ok(0),
         Err(e) => return Err(e),
@@ -282,19 +354,35 @@ pub async fn trim_consumed(conn: &mut ConnectionManager, stream: &str) -> RedisR
     for g in &groups.groups {
         let bound = if g.pending > 0 {
             // XPENDING summary: [count, smallest id, greatest id, consumers]
-            let v: Value = redis::cmd("XPENDING").arg(stream).arg(&g.name).query_async(conn).await?;
+            let v: Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&g.name)
+                .query_async(conn)
+                .await?;
             match v {
-                Value::Array(items) if items.len() >= 2 => redis::from_redis_value_ref::<String>(&items[1]).ok(),
+                Value::Array(items) if items.len() >= 2 => {
+                    redis::from_redis_value_ref::<String>(&items[1]).ok()
+                }
                 _ => None,
             }
         } else {
             Some(g.last_delivered_id.clone())
         };
-        let Some(id) = bound.as_deref().and_then(parse_stream_id) else { return Ok(0) };
+        let Some(id) = bound.as_deref().and_then(parse_stream_id) else {
+            return Ok(0);
+        };
         min_id = Some(min_id.map_or(id, |m| m.min(id)));
     }
-    let Some((ms, seq)) = min_id else { return Ok(0) };
-    redis::cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(format!("{ms}-{seq}")).query_async(conn).await
+    let Some((ms, seq)) = min_id else {
+        return Ok(0);
+    };
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg("~")
+        .arg(format!("{ms}-{seq}"))
+        .query_async(conn)
+        .await
 }
 
 /// `"1700000000000-3"` → `(1700000000000, 3)`.

@@ -1,1 +1,39 @@
-fn main() {}
+//! `workers <persistence|cleanup|completion>`: one worker role per process.
+
+use confab_shared::{shutdown, telemetry, Config};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init_tracing();
+    let role = match std::env::args()
+        .nth(1)
+        .map(|r| r.parse::<confab_workers::Role>())
+    {
+        Some(Ok(role)) => role,
+        Some(Err(e)) => {
+            eprintln!("workers: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        None => {
+            eprintln!("usage: workers <persistence|cleanup|completion>");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("workers: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    shutdown::cancel_on_signals(cancel.clone());
+    match confab_workers::run(role, config, cancel).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "worker failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (Redis answers, the consumer
+//! groups exist, this gateway's reply subscription is live).
+
+use confab_shared::{keys, streams};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::errors::json;
+use crate::state::AppState;
+
+pub async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: AppState) -> Response {
+    let mut conn = state.store.conn();
+    let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+    let groups =
+        streams::group_exists(&mut conn, keys::COMMANDS_STREAM, keys::PERSISTENCE_GROUP).await;
+    match (ping, groups) {
+        (Ok(_), Ok(true)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "gatewayId": &*state.gateway_id, "connections": state.hub.connections()}),
+        ),
+        (Ok(_), _) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reason": "the persistence consumer group does not exist yet"}),
+        ),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "readiness: Redis unreachable");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reason": "Redis is unreachable"}),
+            )
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Reads straight from Redis (writes go through the command pipeline).
+//!
+//! - [`Store::fetch`]: a conversation and its messages in one Lua round trip.
+//! - [`Store::kind`]: open or member chat — immutable once created, so cached (bounded).
+//! - [`Store::summaries`]: a user's chat list, newest activity first.
+//! - [`Store::history`]: a conversation's stored events after an eventId, for WebSocket resume.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use confab_shared::events::ConversationSummary;
+use confab_shared::keys;
+use confab_shared::scripting::Lua;
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use uuid::Uuid;
+
+const KIND_CACHE_MAX: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Open,
+    Member,
+}
+
+/// A conversation as `fetch.lua` returns it; messages are raw stored JSON.
+#[derive(Debug)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub kind: Kind,
+    pub title: String,
+    pub assistant: bool,
+    pub last_event_id: u64,
+    pub created_ms: u64,
+    pub last_ms: u64,
+    pub members: Vec<String>,
+    pub messages: Vec<String>,
+}
+
+impl Conversation {
+    /// The REST body: exactly the seed's shape for open conversations; member chats add
+    /// their title, members, assistant flag and the eventId to resume from.
+    pub fn to_json(&self) -> String {
+        let mut out =
+            String::with_capacity(64 + self.messages.iter().map(|m| m.len() + 1).sum::<usize>());
+        out.push_str(&format!(r#"{{"conversationId":"{}","#, self.id));
+        if self.kind == Kind::Member {
+            out.push_str(&format!(
+                r#""title":{},"members":{},"assistant":{},"lastEventId":{},"#,
+                serde_json::Value::from(self.title.clone()),
+                serde_json::Value::from(self.members.clone()),
+                self.assistant,
+                self.last_event_id
+            ));
+        }
+        out.push_str(r#""messages":["#);
+        out.push_str(&self.messages.join(","));
+        out.push_str("]}");
+        out
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    fetch: Arc<Lua>,
+    kinds: Arc<Mutex<HashMap<Uuid, Kind>>>,
+}
+
+impl Store {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            fetch: Arc::new(Lua::new(include_str!("lua/fetch.lua"))),
+            kinds: Arc::default(),
+        }
+    }
+
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `None` when the conversation does not exist or `actor` may not see it.
+    pub async fn fetch(&self, id: Uuid, actor: Option<&str>) -> RedisResult<Option<Conversation>> {
+        let keys = [
+            keys::conv_meta(&id),
+            keys::conv_order(&id),
+            keys::conv_msgs(&id),
+            keys::conv_members(&id),
+        ];
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .fetch
+            .run(&mut conn, &keys, &[actor.unwrap_or("")])
+            .await?;
+        let Value::Array(items) = v else {
+            return Ok(None);
+        };
+        if items.len() != 8 {
+            return Ok(None);
+        }
+        let s = |i: usize| {
+            items
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .unwrap_or_default()
+        };
+        let n = |i: usize| s(i).parse::<u64>().unwrap_or(0);
+        let list = |i: usize| {
+            items
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<Vec<String>>(v).ok())
+                .unwrap_or_default()
+        };
+        let kind = if s(0) == "member" {
+            Kind::Member
+        } else {
+            Kind::Open
+        };
+        self.remember(id, kind);
+        Ok(Some(Conversation {
+            id,
+            kind,
+            title: s(1),
+            assistant: s(2) == "1",
+            last_event_id: n(3),
+            created_ms: n(4),
+            last_ms: n(5),
+            members: list(6),
+            messages: list(7),
+        }))
+    }
+
+    /// Open or member chat; `None` when it does not exist.
+    pub async fn kind(&self, id: Uuid) -> RedisResult<Option<Kind>> {
+        if let Some(k) = self.kinds.lock().ok().and_then(|k| k.get(&id).copied()) {
+            return Ok(Some(k));
+        }
+        let mut conn = self.conn.clone();
+        let kind: Option<String> = redis::cmd("HGET")
+            .arg(keys::conv_meta(&id))
+            .arg("kind")
+            .query_async(&mut conn)
+            .await?;
+        let kind = match kind.as_deref() {
+            Some("member") => Kind::Member,
+            Some(_) => Kind::Open,
+            None => return Ok(None),
+        };
+        self.remember(id, kind);
+        Ok(Some(kind))
+    }
+
+    fn remember(&self, id: Uuid, kind: Kind) {
+        if let Ok(mut k) = self.kinds.lock() {
+            if k.len() >= KIND_CACHE_MAX {
+                k.clear();
+            }
+            k.insert(id, kind);
+        }
+    }
+
+    /// Whether `user` is a member of chat `id`.
+    pub async fn is_member(&self, id: Uuid, user: &str) -> RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SISMEMBER")
+            .arg(keys::conv_members(&id))
+            .arg(user)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// The newest eventId of a conversation (0 when it has none or does not exist).
+    pub async fn last_event_id(&self, id: Uuid) -> RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(keys::conv_meta(&id))
+            .arg("eseq")
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub async fn members_count(&self, id: Uuid) -> RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SCARD")
+            .arg(keys::conv_members(&id))
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Asks the completion worker answering `id` (if any) to stop.
+    pub async fn request_cancel(&self, id: Uuid) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(keys::CANCEL_CHANNEL)
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// One chat's summary if `user` may see it.
+    pub async fn summary(&self, id: Uuid, user: &str) -> RedisResult<Option<ConversationSummary>> {
+        Ok(self.summaries_of(&[id], user).await?.into_iter().next())
+    }
+
+    /// A user's chats, newest activity first; expired ones are dropped from the list.
+    pub async fn summaries(&self, user: &str) -> RedisResult<Vec<ConversationSummary>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::user_convs(user))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let parsed: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+        let mut list = self.summaries_of(&parsed, user).await?;
+        if list.len() < ids.len() {
+            let alive: std::collections::HashSet<String> =
+                list.iter().map(|c| c.conversation_id.to_string()).collect();
+            let gone: Vec<&String> = ids.iter().filter(|id| !alive.contains(*id)).collect();
+            let _: RedisResult<()> = redis::cmd("ZREM")
+                .arg(keys::user_convs(user))
+                .arg(gone)
+                .query_async(&mut conn)
+                .await;
+        }
+        list.sort_by(|a, b| b.last_activity.cmp(&a.last_activity));
+        Ok(list)
+    }
+
+    async fn summaries_of(
+        &self,
+        ids: &[Uuid],
+        user: &str,
+    ) -> RedisResult<Vec<ConversationSummary>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(keys::conv_meta(id)).arg(&[
+                "kind",
+                "title",
+                "assistant",
+                "created",
+                "last",
+            ]);
+            pipe.cmd("SMEMBERS").arg(keys::conv_members(id));
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let meta: Vec<Option<String>> = rows
+                .get(2 * i)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            let mut members: Vec<String> = rows
+                .get(2 * i + 1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            if meta.first().cloned().flatten().as_deref() != Some("member")
+                || !members.iter().any(|m| m == user)
+            {
+                continue;
+            }
+            members.sort();
+            let field = |j: usize| meta.get(j).cloned().flatten().unwrap_or_default();
+            out.push(ConversationSummary {
+                conversation_id: *id,
+                title: field(1),
+                members,
+                assistant: field(2) == "1",
+                created_at: ms_to_rfc3339(field(3).parse().unwrap_or(0)),
+                last_activity: ms_to_rfc3339(field(4).parse().unwrap_or(0)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stored events with eventId > `since`, oldest first, and whether `since` is older than
+    /// the kept history (the client must refetch by REST).
+    pub async fn history(&self, id: Uuid, since: u64) -> RedisResult<(Vec<(u64, String)>, bool)> {
+        let mut conn = self.conn.clone();
+        let key = keys::conv_events(&id);
+        let (first, entries): (Value, Value) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({since}-1"))
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let parse = |v: Value| -> Vec<(u64, String)> {
+            let reply: redis::streams::StreamRangeReply =
+                redis::from_redis_value(v).unwrap_or_default();
+            reply
+                .ids
+                .into_iter()
+                .filter_map(|e| {
+                    let eid = confab_shared::streams::parse_stream_id(&e.id)?.0;
+                    Some((eid, e.get::<String>("e")?))
+                })
+                .collect()
+        };
+        let oldest = parse(first).first().map(|(eid, _)| *eid);
+        let events = parse(entries);
+        let gap = matches!(oldest, Some(o) if o > since + 1);
+        Ok((events, gap))
+    }
+}
+
+pub fn ms_to_rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,249 @@
+//! Local fan-out: which WebSocket connections on this gateway want which channels.
+//!
+//! The hub maps Pub/Sub channels (a conversation's events, a user's notices) to the bounded
+//! outbound queues of local connections. Delivery is `try_send`: a connection whose queue is
+//! full is a slow consumer and is closed with code 4008 (it resumes with `since`), so one
+//! client that stops reading can never grow the gateway's memory. Payloads are shared
+//! (`Arc<str>`), serialized once per gateway however many clients receive them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What a connection's task receives from the hub.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A payload from a channel the connection subscribed to (conversation or user).
+    Channel(Arc<str>),
+    /// Re-read every subscription's history from the last eventId (Pub/Sub reconnected).
+    Resync,
+    /// A frame produced for this connection alone (an `ack` or `error` for a `send`).
+    Frame(String),
+}
+
+pub type ConnId = u64;
+
+/// The hub's handle on one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Outbound>,
+    /// Fired when the connection must close; the code says why.
+    pub kill: Arc<Killer>,
+}
+
+#[derive(Default)]
+pub struct Killer {
+    pub token: CancellationToken,
+    code: AtomicU64,
+}
+
+impl Killer {
+    pub fn kill(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, u64::from(code), Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+    pub fn code(&self) -> u16 {
+        u16::try_from(self.code.load(Ordering::SeqCst)).unwrap_or(1011)
+    }
+}
+
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<String, HashMap<ConnId, ConnHandle>>>,
+    conns: Mutex<HashMap<ConnId, ConnHandle>>,
+    next_id: AtomicU64,
+    delivered: AtomicU64,
+    slow_closed: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, handle: ConnHandle) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut c) = self.conns.lock() {
+            c.insert(id, handle);
+        }
+        id
+    }
+
+    /// Forgets a connection; returns the channels that may no longer be needed.
+    pub fn unregister(&self, id: ConnId) -> Vec<String> {
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(&id);
+        }
+        let mut emptied = Vec::new();
+        if let Ok(mut chans) = self.channels.lock() {
+            chans.retain(|name, subs| {
+                if subs.remove(&id).is_some() && subs.is_empty() {
+                    emptied.push(name.clone());
+                    return false;
+                }
+                true
+            });
+        }
+        emptied
+    }
+
+    /// Adds `id` to `channel`; true when it is the channel's first local listener.
+    pub fn join(&self, channel: &str, id: ConnId, handle: ConnHandle) -> bool {
+        let Ok(mut chans) = self.channels.lock() else {
+            return false;
+        };
+        let subs = chans.entry(channel.to_string()).or_default();
+        let first = subs.is_empty();
+        subs.insert(id, handle);
+        first
+    }
+
+    /// Removes `id` from `channel`; true when nobody local listens any more.
+    pub fn leave(&self, channel: &str, id: ConnId) -> bool {
+        let Ok(mut chans) = self.channels.lock() else {
+            return false;
+        };
+        match chans.get_mut(channel) {
+            Some(subs) => {
+                subs.remove(&id);
+                if subs.is_empty() {
+                    chans.remove(channel);
+                    return true;
+                }
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Whether any local connection listens on `channel`.
+    pub fn wants(&self, channel: &str) -> bool {
+        self.channels
+            .lock()
+            .map(|c| c.get(channel).is_some_and(|s| !s.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Hands a Pub/Sub payload to every local listener of `channel`.
+    pub fn deliver(&self, channel: &str, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let shared: Arc<str> = Arc::from(text);
+        let targets: Vec<ConnHandle> = match self.channels.lock() {
+            Ok(c) => c
+                .get(channel)
+                .map(|s| s.values().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => return,
+        };
+        for h in targets {
+            self.push(&h, Outbound::Channel(shared.clone()));
+        }
+    }
+
+    pub fn resync_all(&self) {
+        let all: Vec<ConnHandle> = self
+            .conns
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for h in all {
+            self.push(&h, Outbound::Resync);
+        }
+    }
+
+    fn push(&self, h: &ConnHandle, msg: Outbound) {
+        match h.tx.try_send(msg) {
+            Ok(()) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !h.kill.token.is_cancelled() {
+                    self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("closing a slow WebSocket consumer (queue full)");
+                }
+                h.kill.kill(CLOSE_SLOW_CONSUMER);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Closes every connection with `code` (shutdown).
+    pub fn close_all(&self, code: u16) {
+        let all: Vec<ConnHandle> = self
+            .conns
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for h in all {
+            h.kill.kill(code);
+        }
+    }
+
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.delivered.load(Ordering::Relaxed),
+            self.slow_closed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(cap: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            ConnHandle {
+                tx,
+                kill: Arc::new(Killer::default()),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn delivers_to_listeners_and_tracks_first_and_last() {
+        let hub = Hub::new();
+        let (h1, mut r1) = handle(4);
+        let (h2, mut r2) = handle(4);
+        let a = hub.register(h1.clone());
+        let b = hub.register(h2.clone());
+        assert!(hub.join("ch", a, h1));
+        assert!(!hub.join("ch", b, h2));
+        hub.deliver("ch", b"{}");
+        assert!(matches!(r1.try_recv(), Ok(Outbound::Channel(_))));
+        assert!(matches!(r2.try_recv(), Ok(Outbound::Channel(_))));
+        assert!(!hub.leave("ch", a));
+        assert!(hub.wants("ch"));
+        assert_eq!(hub.unregister(b), vec!["ch".to_string()]);
+        assert!(!hub.wants("ch"));
+    }
+
+    #[test]
+    fn a_full_queue_kills_the_connection_with_4008() {
+        let hub = Hub::new();
+        let (h, _rx) = handle(1);
+        let id = hub.register(h.clone());
+        hub.join("ch", id, h.clone());
+        hub.deliver("ch", b"1");
+        assert!(!h.kill.token.is_cancelled());
+        hub.deliver("ch", b"2");
+        assert!(h.kill.token.is_cancelled());
+        assert_eq!(h.kill.code(), CLOSE_SLOW_CONSUMER);
+        assert_eq!(hub.stats().1, 1);
+    }
+}

@@ -1,0 +1,575 @@
+//! One WebSocket connection: client frames in, events out, resume without gaps.
+//!
+//! Per subscription the session remembers the last eventId it sent. Subscribing joins the
+//! conversation's channel first (confirmed by Redis), then replays the stored history after
+//! `since`; live events that arrived meanwhile wait in the queue and are dropped if already
+//! sent. A live event that skips an eventId (a Pub/Sub message lost in a reconnect) makes the
+//! session read the gap from history first. So: every event once, in order, no gap.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_shared::commands::Command;
+use confab_shared::events::EventHeader;
+use confab_shared::keys;
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use uuid::Uuid;
+
+use super::hub::{ConnHandle, ConnId, Killer, Outbound};
+use super::protocol::{self, ClientFrame, FrameError};
+use crate::auth::Session;
+use crate::rest::conversations::build_message;
+use crate::state::AppState;
+use crate::store::Kind;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+pub const CLOSE_REVOKED: u16 = 4001;
+pub const CLOSE_IDLE: u16 = 4000;
+pub const CLOSE_RATE_LIMITED: u16 = 4029;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+const MAX_SENDS_IN_FLIGHT: usize = 64;
+const SESSION_CHECK: Duration = Duration::from_secs(30);
+
+struct Sub {
+    kind: Kind,
+    last: u64,
+    last_typing: Option<Instant>,
+}
+
+/// A token bucket: `rate` frames per second, bursts up to `burst`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    strikes: u32,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Conn {
+    state: AppState,
+    session: Option<Session>,
+    id: ConnId,
+    handle: ConnHandle,
+    subs: HashMap<Uuid, Sub>,
+    expired: HashSet<Uuid>,
+    sends: Arc<Semaphore>,
+}
+
+pub async fn serve(ws: Socket, state: AppState, session: Option<Session>) {
+    let (tx, mut rx) = mpsc::channel(state.cfg.ws_send_queue);
+    let handle = ConnHandle {
+        tx,
+        kill: Arc::new(Killer::default()),
+    };
+    let id = state.hub.register(handle.clone());
+    let mut conn = Conn {
+        state: state.clone(),
+        session,
+        id,
+        handle: handle.clone(),
+        subs: HashMap::new(),
+        expired: HashSet::new(),
+        sends: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+    };
+    if let Some(s) = &conn.session {
+        let ch = keys::user_channel(&s.username);
+        state.hub.join(&ch, id, handle.clone());
+        if let Err(e) = state.bus.sync(ch).await {
+            tracing::warn!(error = %e, "cannot subscribe to user notices");
+        }
+    }
+    let (mut sink, mut stream) = ws.split();
+    let idle = Duration::from_secs(state.cfg.ws_idle_timeout_secs.max(2));
+    let mut ticker = tokio::time::interval(idle / 2);
+    ticker.reset();
+    let mut last_seen = Instant::now();
+    let mut last_session_check = Instant::now();
+    let rate = f64::from(state.cfg.ws_rate_per_sec);
+    let mut bucket = Bucket {
+        tokens: f64::from(state.cfg.ws_rate_burst),
+        rate,
+        burst: f64::from(state.cfg.ws_rate_burst),
+        at: Instant::now(),
+        strikes: 0,
+    };
+    let kill = handle.kill.clone();
+
+    let close_code: Option<u16> = loop {
+        let out: Vec<String> = tokio::select! {
+            _ = kill.token.cancelled() => break Some(kill.code()),
+            _ = state.shutdown.cancelled() => break Some(CLOSE_GOING_AWAY),
+            msg = rx.recv() => match msg {
+                Some(m) => conn.outbound(m).await,
+                None => break None,
+            },
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    None | Some(Err(_)) => break None,
+                    Some(Ok(Message::Text(text))) => {
+                        if !bucket.take() {
+                            bucket.strikes += 1;
+                            if bucket.strikes > state.cfg.ws_rate_burst.max(10) {
+                                break Some(CLOSE_RATE_LIMITED);
+                            }
+                            vec![protocol::error_frame("rate_limited", "Too many frames; slow down", None)]
+                        } else if text.len() > state.cfg.ws_max_frame_bytes {
+                            vec![protocol::error_frame("frame_too_large", &format!("Frames are limited to {} bytes", state.cfg.ws_max_frame_bytes), None)]
+                        } else {
+                            bucket.strikes = 0;
+                            conn.client_frame(text.as_str()).await
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => vec![protocol::error_frame("binary_not_supported", "Send JSON text frames", None)],
+                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(_)) => Vec::new(),
+                }
+            }
+            _ = ticker.tick() => {
+                if last_seen.elapsed() > idle {
+                    break Some(CLOSE_IDLE);
+                }
+                if let Some(s) = &conn.session {
+                    if last_session_check.elapsed() >= SESSION_CHECK {
+                        last_session_check = Instant::now();
+                        if !state.auth.still_valid(&s.token_hash).await {
+                            break Some(CLOSE_REVOKED);
+                        }
+                    }
+                }
+                if send(&mut sink, &kill, Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for text in out {
+            if send(&mut sink, &kill, Message::text(text)).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break if kill.token.is_cancelled() {
+                Some(kill.code())
+            } else {
+                None
+            };
+        }
+    };
+    if let Some(code) = close_code {
+        let reason = match code {
+            CLOSE_REVOKED => "session ended",
+            super::hub::CLOSE_SLOW_CONSUMER => "slow consumer: resume with since",
+            CLOSE_IDLE => "idle timeout",
+            CLOSE_RATE_LIMITED => "rate limited",
+            _ => "server shutting down",
+        };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    for channel in state.hub.unregister(id) {
+        state.bus.sync_later(channel);
+    }
+}
+
+/// Writes one message unless the connection is being killed (a slow client cannot hold us).
+async fn send<S>(sink: &mut S, kill: &Killer, msg: Message) -> Result<(), ()>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    tokio::select! {
+        r = sink.send(msg) => r.map_err(|_| ()),
+        _ = kill.token.cancelled() => Err(()),
+    }
+}
+
+impl Conn {
+    fn me(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.username.as_str())
+    }
+
+    async fn client_frame(&mut self, text: &str) -> Vec<String> {
+        let frame = match protocol::parse(text) {
+            Ok(f) => f,
+            Err(e) => return vec![e.to_frame()],
+        };
+        let result = match frame {
+            ClientFrame::Ping => Ok(vec![protocol::pong()]),
+            ClientFrame::Subscribe {
+                conversation_id,
+                since,
+            } => self.subscribe(conversation_id, since).await,
+            ClientFrame::Unsubscribe { conversation_id } => {
+                self.subs.remove(&conversation_id);
+                let ch = keys::conv_channel(&conversation_id);
+                if self.state.hub.leave(&ch, self.id) {
+                    self.state.bus.sync_later(ch);
+                }
+                Ok(vec![
+                    serde_json::json!({"type": "unsubscribed", "conversationId": conversation_id})
+                        .to_string(),
+                ])
+            }
+            ClientFrame::Send {
+                conversation_id,
+                client_id,
+                body,
+            } => self.send_message(conversation_id, client_id, body).await,
+            ClientFrame::Typing {
+                conversation_id,
+                sender,
+            } => self.typing(conversation_id, sender).await,
+            ClientFrame::Cancel { conversation_id } => self.cancel(conversation_id).await,
+        };
+        result.unwrap_or_else(|e| vec![e.to_frame()])
+    }
+
+    /// Checks that this connection may use conversation `id`.
+    async fn access(&self, id: Uuid, reference: Option<String>) -> Result<Kind, FrameError> {
+        if let Some(sub) = self.subs.get(&id) {
+            return Ok(sub.kind);
+        }
+        let not_found =
+            || FrameError::new("not_found", "Conversation not found").with_ref(reference.clone());
+        let internal =
+            |_| FrameError::new("unavailable", "Try again shortly").with_ref(reference.clone());
+        match self.state.store.kind(id).await.map_err(internal)? {
+            None => Err(not_found()),
+            Some(Kind::Open) => Ok(Kind::Open),
+            Some(Kind::Member) => match self.me() {
+                Some(me) if self.state.store.is_member(id, me).await.map_err(internal)? => {
+                    Ok(Kind::Member)
+                }
+                _ => Err(not_found()),
+            },
+        }
+    }
+
+    async fn subscribe(&mut self, id: Uuid, since: Option<u64>) -> Result<Vec<String>, FrameError> {
+        let reference = Some(id.to_string());
+        if !self.subs.contains_key(&id) && self.subs.len() >= self.state.cfg.ws_max_subscriptions {
+            return Err(FrameError::new(
+                "too_many_subscriptions",
+                format!(
+                    "At most {} subscriptions per connection",
+                    self.state.cfg.ws_max_subscriptions
+                ),
+            )
+            .with_ref(reference));
+        }
+        let kind = self.access(id, reference.clone()).await?;
+        let unavailable =
+            |_| FrameError::new("unavailable", "Try again shortly").with_ref(reference.clone());
+        let ch = keys::conv_channel(&id);
+        self.state.hub.join(&ch, self.id, self.handle.clone());
+        self.state.bus.sync(ch).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        let last = match since {
+            None => {
+                let last = self
+                    .state
+                    .store
+                    .last_event_id(id)
+                    .await
+                    .map_err(unavailable)?;
+                out.push(protocol::subscribed(id, last, false));
+                last
+            }
+            Some(since) => {
+                let (events, gap) = self
+                    .state
+                    .store
+                    .history(id, since)
+                    .await
+                    .map_err(unavailable)?;
+                let newest = events.last().map(|(e, _)| *e).unwrap_or(since);
+                out.push(protocol::subscribed(id, newest.max(since), gap));
+                if gap {
+                    self.state
+                        .store
+                        .last_event_id(id)
+                        .await
+                        .map_err(unavailable)?
+                        .max(newest)
+                } else {
+                    out.extend(events.into_iter().map(|(_, e)| e));
+                    newest
+                }
+            }
+        };
+        self.subs.insert(
+            id,
+            Sub {
+                kind,
+                last,
+                last_typing: None,
+            },
+        );
+        self.expired.remove(&id);
+        Ok(out)
+    }
+
+    async fn send_message(
+        &mut self,
+        id: Uuid,
+        client_id: Option<String>,
+        body: serde_json::Map<String, Value>,
+    ) -> Result<Vec<String>, FrameError> {
+        let reference = client_id.clone().or_else(|| Some("send".into()));
+        let kind = self.access(id, reference.clone()).await?;
+        let actor = match kind {
+            Kind::Member => self.me().map(str::to_string),
+            Kind::Open => None,
+        };
+        let message = build_message(
+            &body,
+            kind,
+            actor.as_deref(),
+            self.state.cfg.max_message_bytes,
+        )
+        .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
+        let permit = self
+            .sends
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| FrameError::new("unavailable", "closing"))?;
+        let pending = self
+            .state
+            .pipeline
+            .begin(Command::SendMessage {
+                conversation_id: id,
+                message,
+                actor,
+            })
+            .await
+            .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let frame = match pending.wait().await {
+                Ok(reply) => {
+                    let body: Value = serde_json::from_str(reply.body.get()).unwrap_or_default();
+                    if reply.status < 300 {
+                        protocol::ack(
+                            client_id.as_deref(),
+                            body["messageId"].as_str().unwrap_or_default(),
+                        )
+                    } else {
+                        let code = body["error"]["code"].as_str().unwrap_or("error");
+                        let msg = body["error"]["message"]
+                            .as_str()
+                            .unwrap_or("The message was not accepted");
+                        protocol::error_frame(code, msg, reference.as_deref())
+                    }
+                }
+                Err(e) => protocol::error_frame(e.code, &e.message, reference.as_deref()),
+            };
+            drop(permit);
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                handle.tx.try_send(Outbound::Frame(frame))
+            {
+                handle.kill.kill(super::hub::CLOSE_SLOW_CONSUMER);
+            }
+        });
+        Ok(Vec::new())
+    }
+
+    async fn typing(
+        &mut self,
+        id: Uuid,
+        sender: Option<String>,
+    ) -> Result<Vec<String>, FrameError> {
+        let me = self.me().map(str::to_string);
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return Err(
+                FrameError::new("not_subscribed", "Subscribe to the conversation first")
+                    .with_ref(Some("typing".into())),
+            );
+        };
+        if sub
+            .last_typing
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(Vec::new());
+        }
+        sub.last_typing = Some(Instant::now());
+        let username = match (sub.kind, me) {
+            (Kind::Member, Some(me)) => me,
+            _ => match sender.as_deref() {
+                Some(s @ ("customer" | "agent")) => s.to_string(),
+                _ => "guest".to_string(),
+            },
+        };
+        let ev = confab_shared::events::Event::Typing {
+            conversation_id: id,
+            username,
+        }
+        .to_json();
+        let mut conn = self.state.store.conn();
+        let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
+            .arg(keys::conv_channel(&id))
+            .arg(ev)
+            .query_async(&mut conn)
+            .await;
+        Ok(Vec::new())
+    }
+
+    async fn cancel(&mut self, id: Uuid) -> Result<Vec<String>, FrameError> {
+        self.access(id, Some("cancel".into())).await?;
+        self.state
+            .store
+            .request_cancel(id)
+            .await
+            .map_err(|_| FrameError::new("unavailable", "Try again shortly"))?;
+        Ok(Vec::new())
+    }
+
+    /// Turns something from the hub into frames for this client.
+    async fn outbound(&mut self, msg: Outbound) -> Vec<String> {
+        match msg {
+            Outbound::Frame(f) => vec![f],
+            Outbound::Resync => {
+                let ids: Vec<Uuid> = self.subs.keys().copied().collect();
+                let mut out = Vec::new();
+                for id in ids {
+                    out.extend(self.catch_up(id).await);
+                }
+                out
+            }
+            Outbound::Channel(payload) => self.event(&payload).await,
+        }
+    }
+
+    async fn event(&mut self, payload: &str) -> Vec<String> {
+        let Ok(h) = serde_json::from_str::<EventHeader>(payload) else {
+            return Vec::new();
+        };
+        match h.kind.as_str() {
+            "session_revoked" => {
+                let v: Value = serde_json::from_str(payload).unwrap_or_default();
+                if self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| v["tokenHash"].as_str() == Some(s.token_hash.as_str()))
+                {
+                    self.handle.kill.kill(CLOSE_REVOKED);
+                }
+                Vec::new()
+            }
+            "conversation_added" => {
+                let (Some(id), Some(me)) = (h.conversation_id, self.me()) else {
+                    return Vec::new();
+                };
+                match self.state.store.summary(id, me).await {
+                    Ok(Some(summary)) => vec![
+                        serde_json::json!({"type": "conversation_added", "conversation": summary})
+                            .to_string(),
+                    ],
+                    _ => Vec::new(),
+                }
+            }
+            "conversation_expired" => {
+                let Some(id) = h.conversation_id else {
+                    return Vec::new();
+                };
+                if self.subs.remove(&id).is_some() {
+                    let ch = keys::conv_channel(&id);
+                    if self.state.hub.leave(&ch, self.id) {
+                        self.state.bus.sync_later(ch);
+                    }
+                }
+                if self.expired.insert(id) {
+                    vec![payload.to_string()]
+                } else {
+                    Vec::new()
+                }
+            }
+            "typing" => {
+                let v: Value = serde_json::from_str(payload).unwrap_or_default();
+                let mine = self
+                    .me()
+                    .is_some_and(|me| v["username"].as_str() == Some(me));
+                match h.conversation_id {
+                    Some(id) if self.subs.contains_key(&id) && !mine => vec![payload.to_string()],
+                    _ => Vec::new(),
+                }
+            }
+            _ => {
+                let Some(id) = h.conversation_id else {
+                    return Vec::new();
+                };
+                let Some(sub) = self.subs.get_mut(&id) else {
+                    return Vec::new();
+                };
+                match h.event_id {
+                    None => vec![payload.to_string()],
+                    Some(eid) if eid <= sub.last => Vec::new(),
+                    Some(eid) if eid == sub.last + 1 => {
+                        sub.last = eid;
+                        vec![payload.to_string()]
+                    }
+                    Some(_) => self.catch_up(id).await,
+                }
+            }
+        }
+    }
+
+    /// Sends the stored events after the subscription's last eventId.
+    async fn catch_up(&mut self, id: Uuid) -> Vec<String> {
+        let Some(last) = self.subs.get(&id).map(|s| s.last) else {
+            return Vec::new();
+        };
+        match self.state.store.history(id, last).await {
+            Ok((_, true)) => {
+                let newest = self.state.store.last_event_id(id).await.unwrap_or(last);
+                if let Some(sub) = self.subs.get_mut(&id) {
+                    sub.last = newest;
+                }
+                vec![protocol::subscribed(id, newest, true)]
+            }
+            Ok((events, false)) => {
+                if let (Some(sub), Some((newest, _))) = (self.subs.get_mut(&id), events.last()) {
+                    sub.last = *newest;
+                }
+                events.into_iter().map(|(_, e)| e).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading history for a catch-up failed");
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `GET /ws`: the WebSocket handshake, done here rather than with `warp::ws()` so the
+//! connection's buffers can be sized (tungstenite's defaults reserve 128 KiB per socket;
+//! ours start at a few KiB and grow only for large frames).
+
+use std::collections::HashMap;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::rest::errors::ApiError;
+use crate::rest::with_state;
+use crate::state::AppState;
+
+/// Frames larger than this are refused by the protocol layer and close the socket (1009);
+/// up to it, frames over `WS_MAX_FRAME_BYTES` get an `error` frame and the socket stays open.
+pub fn hard_frame_limit(cfg: &confab_shared::Config) -> usize {
+    (cfg.ws_max_frame_bytes * 4).max(1 << 20)
+}
+
+pub fn ws_config(cfg: &confab_shared::Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 << 20)
+        .max_message_size(Some(hard_frame_limit(cfg)))
+        .max_frame_size(Some(hard_frame_limit(cfg)))
+}
+
+pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ws")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
+        .and(with_state(state))
+        .then(handshake)
+}
+
+async fn handshake(
+    headers: warp::http::HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    query: HashMap<String, String>,
+    state: AppState,
+) -> Response {
+    let is_ws = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let (true, Some(accept), true, Some(on_upgrade)) = (is_ws, key, version_ok, on_upgrade) else {
+        return ApiError::bad_request(
+            "websocket_required",
+            "This endpoint needs a WebSocket (version 13) upgrade",
+        )
+        .into_response();
+    };
+    if state.shutdown.is_cancelled() {
+        return ApiError::unavailable("The gateway is shutting down").into_response();
+    }
+    let session = match query.get("token").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(token) => match state.auth.session(token).await {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "The session token is invalid or expired",
+                )
+                .into_response()
+            }
+            Err(e) => return e.into_response(),
+        },
+    };
+    let config = ws_config(&state.cfg);
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                super::session::serve(ws, state, session).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut res = Response::new(Default::default());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
