@@ -181,6 +181,25 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
+    /// The assistant's answer in progress: `(responseId, text so far, last seq)`.
+    pub async fn answer_snapshot(&self, id: Uuid) -> RedisResult<Option<(String, String, u64)>> {
+        let mut conn = self.conn.clone();
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys::conv_answer(&id))
+            .arg(&["rid", "text", "seq"])
+            .query_async(&mut conn)
+            .await?;
+        let field = |i: usize| v.get(i).cloned().flatten();
+        match (
+            field(0),
+            field(1),
+            field(2).and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            (Some(rid), Some(text), Some(seq)) if !text.is_empty() => Ok(Some((rid, text, seq))),
+            _ => Ok(None),
+        }
+    }
+
     pub async fn members_count(&self, id: Uuid) -> RedisResult<usize> {
         let mut conn = self.conn.clone();
         redis::cmd("SCARD")

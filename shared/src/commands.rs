@@ -49,6 +49,9 @@ pub enum Command {
         message: Message,
         #[serde(default)]
         actor: Option<String>,
+        /// Set when the completion worker stores the assistant's reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assistant_reply: Option<AssistantReply>,
     },
     DeleteMessage {
         conversation_id: Uuid,
@@ -90,6 +93,20 @@ impl Command {
         }
     }
 }
+
+/// What the completion worker adds when it stores a reply: the newest human message the
+/// reply answers (so it is not answered twice) and the `assistant_done` event to publish
+/// right after the reply's `message` event, atomically with storing it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssistantReply {
+    pub answers_up_to: u64,
+    pub done_event: String,
+}
+
+/// The actor name the completion worker uses; it is a reserved username, so no person can
+/// act as it.
+pub const ASSISTANT_ACTOR: &str = "assistant";
 
 /// The answer to one command, published on the waiting gateway's reply channel.
 /// `body` is exactly the JSON the REST API returns with `status`.

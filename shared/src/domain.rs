@@ -22,6 +22,9 @@ pub struct Message {
     pub content: String,
     /// Exactly as the client sent it (or the server's RFC 3339 time when none was given).
     pub timestamp: String,
+    /// Set on an assistant reply that was stopped before it finished.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Why a value was rejected; the gateway turns it into a 400/413 answer.

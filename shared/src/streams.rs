@@ -214,6 +214,28 @@ impl GroupConsumer {
 
     /// Acknowledges `Ack` and `Poison` entries (dead-lettering the latter) in one round trip.
     pub async fn settle(&mut self, outcomes: &[(Delivery, Disposition)]) -> RedisResult<()> {
+        self.acker().settle(outcomes).await
+    }
+
+    /// A cloneable handle for acknowledging from other tasks (long-running jobs).
+    pub fn acker(&self) -> Acker {
+        Acker {
+            conn: self.conn.clone(),
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// Acknowledges, dead-letters and keeps alive entries of one consumer; cheap to clone.
+#[derive(Clone)]
+pub struct Acker {
+    conn: ConnectionManager,
+    cfg: GroupConfig,
+}
+
+impl Acker {
+    /// Acknowledges `Ack` and `Poison` entries (dead-lettering the latter) in one round trip.
+    pub async fn settle(&self, outcomes: &[(Delivery, Disposition)]) -> RedisResult<()> {
         let mut pipe = redis::pipe();
         let mut acks = Vec::new();
         for (d, disp) in outcomes {
@@ -263,27 +285,23 @@ impl GroupConsumer {
             .arg(&self.cfg.group)
             .arg(&acks)
             .ignore();
-        pipe.query_async::<()>(&mut self.conn).await
+        pipe.query_async::<()>(&mut self.conn.clone()).await
     }
 
     /// Resets the idle time of entries still being worked on, so no one reclaims a live job.
     /// `JUSTID` leaves the delivery counter alone.
-    pub async fn keep_alive(
-        conn: &mut ConnectionManager,
-        cfg: &GroupConfig,
-        ids: &[String],
-    ) -> RedisResult<()> {
+    pub async fn keep_alive(&self, ids: &[String]) -> RedisResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
         redis::cmd("XCLAIM")
-            .arg(&cfg.stream)
-            .arg(&cfg.group)
-            .arg(&cfg.consumer)
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&self.cfg.consumer)
             .arg(0)
             .arg(ids)
             .arg("JUSTID")
-            .query_async::<Value>(conn)
+            .query_async::<Value>(&mut self.conn.clone())
             .await
             .map(|_| ())
     }

@@ -171,12 +171,37 @@ impl Persistence {
                 args.push(if *assistant { "1" } else { "0" }.into());
                 args.extend(members.iter().cloned());
             }
-            Command::SendMessage { message, actor, .. } => {
+            Command::SendMessage {
+                message,
+                actor,
+                assistant_reply,
+                ..
+            } => {
                 args[1] = "send".into();
                 args.push(message.message_id.to_string());
                 args.push(serde_json::to_string(message).unwrap_or_default());
                 args.push(actor.clone().unwrap_or_default());
                 args.push(self.cfg.max_messages_per_conversation.to_string());
+                args.push(
+                    if message.sender == SENDER_ASSISTANT {
+                        "0"
+                    } else {
+                        "1"
+                    }
+                    .into(),
+                );
+                args.push(
+                    assistant_reply
+                        .as_ref()
+                        .map(|r| r.answers_up_to.to_string())
+                        .unwrap_or_default(),
+                );
+                args.push(
+                    assistant_reply
+                        .as_ref()
+                        .map(|r| r.done_event.clone())
+                        .unwrap_or_default(),
+                );
             }
             Command::DeleteMessage {
                 message_id, actor, ..

@@ -203,6 +203,7 @@ pub fn build_message(
         sender,
         content: content.clone(),
         timestamp,
+        stopped: false,
     })
 }
 
@@ -224,6 +225,7 @@ pub async fn send(
                 conversation_id: id,
                 message,
                 actor,
+                assistant_reply: None,
             })
             .await?,
     ))

@@ -374,6 +374,7 @@ impl Conn {
                 conversation_id: id,
                 message,
                 actor,
+                assistant_reply: None,
             })
             .await
             .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;

@@ -74,9 +74,11 @@ if not ckind then
 end
 
 if kind == 'send' then
-  -- ARGV[7] message id  ARGV[8] message JSON  ARGV[9] actor ('' = open)  ARGV[10] max messages
+  -- ARGV[7] message id  ARGV[8] message JSON  ARGV[9] actor ('' = open, 'assistant' = the completion
+  -- worker)  ARGV[10] max messages  ARGV[11] '1' if a person wrote it  ARGV[12] for an assistant
+  -- reply: the newest human eventId it answers ('' otherwise)  ARGV[13] assistant_done event JSON or ''
   local actor = ARGV[9]
-  if ckind == 'member' and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
+  if ckind == 'member' and actor ~= 'assistant' and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
     return not_found()
   end
   local prev = redis.call('HGET', KEYS[5], cmd)
@@ -84,6 +86,9 @@ if kind == 'send' then
     return { 201, prev, 0, 0, ckind, 0 }
   end
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[10]) then
+    if ARGV[12] ~= '' then
+      redis.call('HSET', KEYS[1], 'aseq', ARGV[12])
+    end
     return err(409, 'conversation_full', 'This conversation already holds the maximum of ' .. ARGV[10] .. ' messages')
   end
   local mid = ARGV[7]
@@ -93,6 +98,18 @@ if kind == 'send' then
   local body = '{"message":"Message added successfully","messageId":"' .. mid .. '"}'
   redis.call('HSET', KEYS[5], cmd, body)
   local eid = emit('message', '"message":' .. ARGV[8])
+  if ARGV[11] == '1' then
+    redis.call('HSET', KEYS[1], 'hseq', eid)
+  end
+  if ARGV[12] ~= '' then
+    local answered = tonumber(redis.call('HGET', KEYS[1], 'aseq') or '0')
+    if tonumber(ARGV[12]) > answered then
+      redis.call('HSET', KEYS[1], 'aseq', ARGV[12])
+    end
+  end
+  if ARGV[13] ~= '' then
+    redis.call('PUBLISH', channel, ARGV[13])
+  end
   local deadline = touch(now_ms())
   return { 201, body, eid, assistant, ckind, deadline }
 end

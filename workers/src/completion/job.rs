@@ -1,0 +1,646 @@
+//! Answering one conversation: lease, context, stream, coalesce, retry, store.
+//!
+//! One replica answers a conversation at a time (a lease in the conversation's `answer` hash,
+//! renewed while streaming). Each reply answers every human message up to the newest one
+//! (`hseq`); messages that arrive meanwhile are answered together by the next reply, which
+//! the lease holder starts itself after releasing — so a job that found the lease taken can be
+//! acknowledged safely. A reply is stored through the persistence pipeline with its
+//! `answers_up_to`, and `assistant_done` is published atomically with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use confab_shared::commands::{
+    AssistantReply, Command, CommandEnvelope, CompletionJob, ASSISTANT_ACTOR, COMMAND_FIELD,
+};
+use confab_shared::domain::{self, Message, SENDER_ASSISTANT};
+use confab_shared::events::Event;
+use confab_shared::keys;
+use confab_shared::scripting::Lua;
+use confab_shared::streams::Disposition;
+use confab_shared::Config;
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::coalesce::Coalescer;
+use super::openai::{Failure, Model};
+
+const MAX_ATTEMPTS: u32 = 6;
+/// No chunk for this long counts as a stalled stream (retried).
+const IDLE: Duration = Duration::from_secs(15);
+
+enum Lease {
+    Gone,
+    Busy,
+    Mine {
+        previous: Option<Uuid>,
+        hseq: u64,
+        aseq: u64,
+        assistant: bool,
+    },
+}
+
+enum End {
+    /// The answer is over (stored, or an error told to clients): look for newer messages.
+    Finished,
+    /// The conversation disappeared or another replica took over.
+    Gone,
+    /// Shutdown ran out of time: leave the job pending for another replica.
+    Aborted,
+}
+
+pub struct Answerer {
+    conn: ConnectionManager,
+    cfg: Arc<Config>,
+    model: Model,
+    script: Lua,
+    owner: String,
+    active: Mutex<HashMap<Uuid, CancellationToken>>,
+    abort: CancellationToken,
+}
+
+impl Answerer {
+    pub async fn new(
+        mut conn: ConnectionManager,
+        cfg: Arc<Config>,
+        owner: String,
+        abort: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let script = Lua::new(include_str!("../lua/answer.lua"));
+        script.load(&mut conn).await?;
+        let model = Model::new(&cfg)?;
+        if let Err(why) = model.configured() {
+            tracing::warn!("{why}");
+        }
+        Ok(Self {
+            conn,
+            cfg,
+            model,
+            script,
+            owner,
+            active: Mutex::default(),
+            abort,
+        })
+    }
+
+    /// Stops the answer this replica is streaming for `id`, if any.
+    pub fn cancel(&self, id: Uuid) {
+        if let Some(t) = self.active.lock().ok().and_then(|a| a.get(&id).cloned()) {
+            tracing::info!(conversation_id = %id, "cancel requested");
+            t.cancel();
+        }
+    }
+
+    pub fn answering(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    #[tracing::instrument(skip_all, fields(conversation_id = %job.conversation_id))]
+    pub async fn handle(&self, job: CompletionJob) -> Disposition {
+        let id = job.conversation_id;
+        {
+            let Ok(mut active) = self.active.lock() else {
+                return Disposition::Retry;
+            };
+            if active.contains_key(&id) {
+                // Already answering here; that loop looks for newer messages when it is done.
+                return Disposition::Ack;
+            }
+            active.insert(id, CancellationToken::new());
+        }
+        let _forget = Forget {
+            active: &self.active,
+            id,
+        };
+        loop {
+            let rid = Uuid::new_v4();
+            let lease = match self.acquire(id, rid).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the answer lease");
+                    return Disposition::Retry;
+                }
+            };
+            let (hseq, previous) = match lease {
+                Lease::Gone | Lease::Busy => return Disposition::Ack,
+                Lease::Mine {
+                    previous,
+                    hseq,
+                    aseq,
+                    assistant,
+                } => {
+                    if !assistant || aseq >= hseq {
+                        let _ = self.op(id, &["release"]).await;
+                        return Disposition::Ack;
+                    }
+                    (hseq, previous)
+                }
+            };
+            if let Some(prev) = previous {
+                tracing::warn!(response_id = %prev, "taking over an answer from a replica that stopped");
+                self.publish(
+                    id,
+                    &Event::AssistantRestarted {
+                        conversation_id: id,
+                        response_id: prev,
+                    },
+                )
+                .await;
+            }
+            let cancel = CancellationToken::new();
+            if let Ok(mut a) = self.active.lock() {
+                a.insert(id, cancel.clone());
+            }
+            match self.answer(id, rid, hseq, &cancel).await {
+                End::Finished => {
+                    let _ = self.op(id, &["release"]).await;
+                }
+                End::Gone => return Disposition::Ack,
+                End::Aborted => {
+                    // Keep the text so far, let the lease lapse: the next replica announces a restart.
+                    let _ = self.op(id, &["renew", "0"]).await;
+                    return Disposition::Retry;
+                }
+            }
+        }
+    }
+
+    async fn op(&self, id: Uuid, args: &[&str]) -> redis::RedisResult<Vec<Value>> {
+        let keys = [keys::conv_meta(&id), keys::conv_answer(&id)];
+        let mut full: Vec<String> = vec![
+            args.first().copied().unwrap_or("status").to_string(),
+            self.owner.clone(),
+        ];
+        full.extend(args.iter().skip(1).map(|s| s.to_string()));
+        let mut conn = self.conn.clone();
+        self.script.run(&mut conn, &keys, &full).await
+    }
+
+    async fn acquire(&self, id: Uuid, rid: Uuid) -> redis::RedisResult<Lease> {
+        let v = self
+            .op(
+                id,
+                &[
+                    "acquire",
+                    &self.cfg.claim_idle_ms.to_string(),
+                    &rid.to_string(),
+                ],
+            )
+            .await?;
+        let int = |i: usize| {
+            v.get(i)
+                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                .unwrap_or(0)
+        };
+        Ok(match int(0) {
+            0 => Lease::Gone,
+            1 => Lease::Busy,
+            _ => Lease::Mine {
+                previous: v
+                    .get(1)
+                    .and_then(|x| redis::from_redis_value_ref::<String>(x).ok())
+                    .and_then(|s| Uuid::parse_str(&s).ok()),
+                hseq: u64::try_from(int(2)).unwrap_or(0),
+                aseq: u64::try_from(int(3)).unwrap_or(0),
+                assistant: int(4) == 1,
+            },
+        })
+    }
+
+    async fn publish(&self, id: Uuid, event: &Event) {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
+            .arg(keys::conv_channel(&id))
+            .arg(event.to_json())
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "publishing an assistant event failed");
+        }
+    }
+
+    /// Sends one delta and records the text so far for clients that join mid-answer.
+    async fn delta(&self, id: Uuid, rid: Uuid, seq: u64, delta: String, shown: &str) {
+        let event = Event::AssistantDelta {
+            conversation_id: id,
+            response_id: rid,
+            seq,
+            delta,
+        }
+        .to_json();
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(keys::conv_channel(&id))
+            .arg(event)
+            .ignore();
+        pipe.add_command(self.script.call(
+            &[keys::conv_meta(&id), keys::conv_answer(&id)],
+            &[
+                "progress".to_string(),
+                self.owner.clone(),
+                rid.to_string(),
+                shown.to_string(),
+                seq.to_string(),
+            ],
+        ))
+        .ignore();
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            if e.code() == Some("NOSCRIPT") {
+                let _ = self.script.load(&mut conn).await;
+            }
+            tracing::debug!(error = %e, "publishing a delta failed");
+        }
+    }
+
+    /// The conversation's recent messages as chat messages, within the configured budget.
+    async fn context(&self, id: Uuid) -> redis::RedisResult<Vec<serde_json::Value>> {
+        let mut conn = self.conn.clone();
+        let n = self.cfg.assistant_context_messages.max(1) as isize;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::conv_order(&id))
+            .arg(-n)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let raw: Vec<Option<String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("HMGET")
+                .arg(keys::conv_msgs(&id))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?
+        };
+        let messages: Vec<Message> = raw
+            .into_iter()
+            .flatten()
+            .filter_map(|m| serde_json::from_str(&m).ok())
+            .collect();
+        Ok(build_context(
+            &self.cfg.assistant_system_prompt,
+            &messages,
+            self.cfg.assistant_context_chars,
+        ))
+    }
+
+    async fn answer(
+        &self,
+        id: Uuid,
+        first_rid: Uuid,
+        hseq: u64,
+        cancel: &CancellationToken,
+    ) -> End {
+        let context = match self.context(id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the conversation failed");
+                return End::Aborted;
+            }
+        };
+        let started = Instant::now();
+        let give_up = Duration::from_secs(self.cfg.assistant_give_up_secs);
+        let lease_every = Duration::from_millis((self.cfg.claim_idle_ms / 3).max(100));
+        let mut rid = first_rid;
+        let mut attempt = 0u32;
+        let mut shown = String::new();
+        let mut usage = None;
+        let mut stopped = false;
+        let mut renew = tokio::time::interval(lease_every);
+        renew.reset();
+        loop {
+            attempt += 1;
+            shown.clear();
+            let mut co = Coalescer::new();
+            let mut finished = false;
+            let failure: Option<Failure> = 'run: {
+                if let Err(message) = self.model.configured() {
+                    break 'run Some(Failure::Fatal {
+                        code: "not_configured",
+                        message,
+                    });
+                }
+                let mut stream = tokio::select! {
+                    r = self.model.stream(&context) => match r {
+                        Ok(s) => s,
+                        Err(f) => break 'run Some(f),
+                    },
+                    _ = cancel.cancelled() => { stopped = true; break 'run None }
+                    _ = self.abort.cancelled() => return End::Aborted,
+                    _ = tokio::time::sleep(IDLE) => break 'run Some(Failure::Retry { after: None, reason: "no answer from the model API".into() }),
+                };
+                loop {
+                    let flush_at = co.deadline().map(tokio::time::Instant::from_std);
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => { stopped = true; break 'run None }
+                        _ = self.abort.cancelled() => return End::Aborted,
+                        _ = renew.tick() => {
+                            match self.op(id, &["renew", &self.cfg.claim_idle_ms.to_string()]).await {
+                                Ok(v) if v.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(1) => {}
+                                Ok(_) => {
+                                    tracing::info!("conversation gone or answer taken over; stopping");
+                                    return End::Gone;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "renewing the answer lease failed"),
+                            }
+                        }
+                        _ = async { if let Some(t) = flush_at { tokio::time::sleep_until(t).await } }, if flush_at.is_some() => {
+                            if let Some((seq, d)) = co.take(Instant::now()) {
+                                shown.push_str(&d);
+                                self.delta(id, rid, seq, d, &shown).await;
+                            }
+                        }
+                        item = tokio::time::timeout(IDLE, stream.next()) => match item {
+                            Err(_) => break 'run Some(Failure::Retry { after: None, reason: "the model stream stalled".into() }),
+                            Ok(None) if finished => break 'run None,
+                            Ok(None) => break 'run Some(Failure::Retry { after: None, reason: "the model stream ended before it finished".into() }),
+                            Ok(Some(Err(e))) => break 'run Some(self.model.classify(&e)),
+                            Ok(Some(Ok(chunk))) => {
+                                if let Some(err) = chunk.error {
+                                    let msg = err["message"].as_str().unwrap_or("error").to_string();
+                                    break 'run Some(Failure::Retry { after: None, reason: self.model.redact(&format!("error inside the stream: {msg}")) });
+                                }
+                                for choice in chunk.choices {
+                                    if let Some(text) = choice.delta.and_then(|d| d.content) {
+                                        if let Some((seq, d)) = co.push(&text, Instant::now()) {
+                                            shown.push_str(&d);
+                                            self.delta(id, rid, seq, d, &shown).await;
+                                        }
+                                    }
+                                    if choice.finish_reason.is_some() {
+                                        finished = true;
+                                    }
+                                }
+                                if chunk.usage.is_some() {
+                                    usage = chunk.usage;
+                                }
+                            }
+                        },
+                    }
+                }
+            };
+            if let Some((seq, d)) = co.take(Instant::now()) {
+                shown.push_str(&d);
+                self.delta(id, rid, seq, d, &shown).await;
+            }
+            match failure {
+                None => break,
+                Some(Failure::Fatal { code, message }) => {
+                    tracing::warn!(code, %message, "the assistant cannot answer");
+                    return self.give_up(id, rid, hseq, code, message).await;
+                }
+                Some(Failure::Retry { after, reason }) => {
+                    let wait = after
+                        .unwrap_or_else(|| backoff(attempt))
+                        .min(Duration::from_secs(10));
+                    if attempt >= MAX_ATTEMPTS || started.elapsed() + wait >= give_up {
+                        let message =
+                            format!("The assistant gave up after {attempt} attempts: {reason}");
+                        tracing::warn!(%message);
+                        return self.give_up(id, rid, hseq, "unavailable", message).await;
+                    }
+                    tracing::warn!(attempt, %reason, wait_ms = wait.as_millis() as u64, "model call failed; retrying");
+                    if co.last_seq().is_some() {
+                        self.publish(
+                            id,
+                            &Event::AssistantRestarted {
+                                conversation_id: id,
+                                response_id: rid,
+                            },
+                        )
+                        .await;
+                        rid = Uuid::new_v4();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => { stopped = true; shown.clear(); break }
+                        _ = self.abort.cancelled() => return End::Aborted,
+                    }
+                }
+            }
+        }
+        self.store(id, rid, hseq, shown, stopped, usage).await
+    }
+
+    async fn give_up(&self, id: Uuid, rid: Uuid, hseq: u64, code: &str, message: String) -> End {
+        self.publish(
+            id,
+            &Event::AssistantError {
+                conversation_id: id,
+                response_id: rid,
+                code: code.into(),
+                message,
+            },
+        )
+        .await;
+        let _ = self.op(id, &["mark", &hseq.to_string()]).await;
+        End::Finished
+    }
+
+    /// Stores the reply through the persistence pipeline and waits until it is applied.
+    async fn store(
+        &self,
+        id: Uuid,
+        rid: Uuid,
+        hseq: u64,
+        text: String,
+        stopped: bool,
+        usage: Option<serde_json::Value>,
+    ) -> End {
+        let content = match (text.trim().is_empty(), stopped) {
+            (false, _) => text,
+            (true, true) => "_(stopped before any text)_".to_string(),
+            (true, false) => "_(the model returned an empty answer)_".to_string(),
+        };
+        let message = Message {
+            message_id: Uuid::new_v4(),
+            sender: SENDER_ASSISTANT.into(),
+            content,
+            timestamp: domain::now_rfc3339(),
+            stopped,
+        };
+        let done = Event::AssistantDone {
+            conversation_id: id,
+            response_id: rid,
+            message_id: message.message_id,
+            stopped,
+            usage,
+        }
+        .to_json();
+        let envelope = CommandEnvelope {
+            id: rid,
+            reply_to: None,
+            command: Command::SendMessage {
+                conversation_id: id,
+                message,
+                actor: Some(ASSISTANT_ACTOR.into()),
+                assistant_reply: Some(AssistantReply {
+                    answers_up_to: hseq,
+                    done_event: done,
+                }),
+            },
+        };
+        let mut conn = self.conn.clone();
+        let added: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(keys::COMMANDS_STREAM)
+            .arg("*")
+            .arg(COMMAND_FIELD)
+            .arg(serde_json::to_string(&envelope).unwrap_or_default())
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = added {
+            tracing::warn!(error = %e, "storing the reply failed");
+            return End::Aborted;
+        }
+        let until = Instant::now() + self.cfg.request_timeout();
+        while Instant::now() < until {
+            match self.op(id, &["status"]).await {
+                Ok(v)
+                    if v.first()
+                        .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                        == Some(0) =>
+                {
+                    return End::Gone
+                }
+                Ok(v)
+                    if v.get(1)
+                        .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
+                        .unwrap_or(0)
+                        >= hseq =>
+                {
+                    return End::Finished
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        tracing::warn!("the reply was not applied in time; marking the messages answered");
+        let _ = self.op(id, &["mark", &hseq.to_string()]).await;
+        End::Finished
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.saturating_sub(1).min(5)))
+        .min(Duration::from_secs(4))
+}
+
+/// System prompt, then the newest messages that fit `max_chars`, oldest first; people's
+/// messages are attributed to their sender.
+pub fn build_context(
+    system: &str,
+    messages: &[Message],
+    max_chars: usize,
+) -> Vec<serde_json::Value> {
+    let mut picked = Vec::new();
+    let mut used = 0usize;
+    for m in messages.iter().rev() {
+        let cost = m.content.chars().count() + m.sender.len() + 2;
+        if used + cost > max_chars && !picked.is_empty() {
+            break;
+        }
+        used += cost;
+        picked.push(m);
+    }
+    picked.reverse();
+    let mut out = vec![json!({"role": "system", "content": system})];
+    for m in picked {
+        if m.sender == SENDER_ASSISTANT {
+            out.push(json!({"role": "assistant", "content": m.content}));
+        } else {
+            let content: String = if m.content.chars().count() > max_chars {
+                m.content
+                    .chars()
+                    .rev()
+                    .take(max_chars)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect()
+            } else {
+                m.content.clone()
+            };
+            let name: String = m
+                .sender
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            out.push(json!({"role": "user", "name": name, "content": format!("{}: {}", m.sender, content)}));
+        }
+    }
+    out
+}
+
+struct Forget<'a> {
+    active: &'a Mutex<HashMap<Uuid, CancellationToken>>,
+    id: Uuid,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(sender: &str, content: &str) -> Message {
+        Message {
+            message_id: Uuid::new_v4(),
+            sender: sender.into(),
+            content: content.into(),
+            timestamp: String::new(),
+            stopped: false,
+        }
+    }
+
+    #[test]
+    fn context_attributes_and_keeps_order() {
+        let ms = [
+            msg("alice", "hi"),
+            msg("assistant", "hello"),
+            msg("bob.b", "and me"),
+        ];
+        let c = build_context("sys", &ms, 1000);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0]["role"], "system");
+        assert_eq!(c[1]["content"], "alice: hi");
+        assert_eq!(c[2]["role"], "assistant");
+        assert_eq!(c[3]["name"], "bob_b");
+    }
+
+    #[test]
+    fn context_respects_the_char_budget_newest_first() {
+        let ms: Vec<Message> = (0..50)
+            .map(|i| msg("alice", &format!("message number {i:02}")))
+            .collect();
+        let c = build_context("sys", &ms, 100);
+        assert!(c.len() < 10, "{}", c.len());
+        assert_eq!(
+            c.last().map(|v| v["content"].clone()),
+            Some(json!("alice: message number 49"))
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(10), Duration::from_secs(4));
+    }
+}
