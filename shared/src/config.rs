@@ -71,6 +71,8 @@ pub struct Config {
     pub ws_idle_timeout_secs: u64,
     pub ws_rate_per_sec: u32,
     pub ws_rate_burst: u32,
+    pub ws_max_connections: usize,
+    pub ws_max_connections_per_user: usize,
     // --- assistant ---
     pub openai_api_key: Secret,
     pub openai_base_url: String,
@@ -112,6 +114,8 @@ impl Default for Config {
             ws_idle_timeout_secs: 60,
             ws_rate_per_sec: 100,
             ws_rate_burst: 400,
+            ws_max_connections: 50_000,
+            ws_max_connections_per_user: 5_000,
             openai_api_key: Secret::default(),
             openai_base_url: "https://api.openai.com/v1".into(),
             openai_model: "gpt-4o-mini".into(),

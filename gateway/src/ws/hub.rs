@@ -131,6 +131,14 @@ impl Hub {
             .unwrap_or(false)
     }
 
+    /// How many local connections listen on `channel`.
+    pub fn listeners(&self, channel: &str) -> usize {
+        self.channels
+            .lock()
+            .map(|c| c.get(channel).map_or(0, |s| s.len()))
+            .unwrap_or(0)
+    }
+
     /// Hands a Pub/Sub payload to every local listener of `channel`.
     pub fn deliver(&self, channel: &str, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {

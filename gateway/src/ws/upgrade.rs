@@ -87,6 +87,26 @@ async fn handshake(
             Err(e) => return e.into_response(),
         },
     };
+    if state.hub.connections() >= state.cfg.ws_max_connections {
+        return ApiError::unavailable(
+            "This gateway holds its maximum of WebSocket connections (WS_MAX_CONNECTIONS)",
+        )
+        .into_response();
+    }
+    if let Some(s) = &session {
+        if state
+            .hub
+            .listeners(&confab_shared::keys::user_channel(&s.username))
+            >= state.cfg.ws_max_connections_per_user
+        {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "Too many connections for this user (WS_MAX_CONNECTIONS_PER_USER)",
+            )
+            .into_response();
+        }
+    }
     let config = ws_config(&state.cfg);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {

@@ -1,0 +1,97 @@
+# Confab — two commands do everything on a fresh Debian machine:
+#   make up     run Redis, the gateway (serving the web client at /) and every worker role
+#   make test   formatting, lints and every test (Rust, web unit tests, browser end to end)
+# Replicas: make up GATEWAYS=2 PERSISTENCE=3 CLEANUP=1 COMPLETION=2
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GATEWAYS ?= 1
+PERSISTENCE ?= 1
+CLEANUP ?= 1
+COMPLETION ?= 1
+WEB := gateway/web
+WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html $(WEB)/package.json $(WEB)/vite.config.ts
+CARGO ?= cargo
+APT_UPDATED := .run/.apt-updated
+
+.PHONY: help up test bench web build build-release deps-run deps-test deps-node check-rust fmt lint rust-test web-test e2e clean
+
+help:
+	@echo "make up      run everything (Redis, gateway at http://127.0.0.1:3000/, workers)"
+	@echo "make test    fmt check, clippy -D warnings, all Rust tests, web unit tests, browser e2e"
+	@echo "make bench   load-test a local stack (REST, WebSocket fan-out, assistant streaming)"
+
+# ---------------------------------------------------------------- dependencies
+# Installs Debian packages when missing (as root), otherwise says exactly what to install.
+define apt_install
+	@if ! command -v $(1) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Debian package $(2)"; \
+	    mkdir -p .run; [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  else \
+	    echo "!! $(1) is missing: run 'sudo apt-get install $(2)' (Debian/Ubuntu) and retry"; exit 1; \
+	  fi; \
+	fi
+endef
+
+check-rust:
+	@command -v $(CARGO) >/dev/null || { echo "!! cargo is missing: install Rust from https://rustup.rs"; exit 1; }
+
+deps-run: check-rust
+	$(call apt_install,redis-server,redis-server)
+
+deps-node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { echo "!! node and npm are missing: install Node.js 20.19+ (e.g. 'sudo apt-get install nodejs npm' on a recent Debian, or from nodejs.org)"; exit 1; }
+	@[ -d $(WEB)/node_modules ] && [ $(WEB)/node_modules/.package-lock.json -nt $(WEB)/package-lock.json ] || (cd $(WEB) && npm ci --no-audit --no-fund)
+
+deps-test: deps-run deps-node
+	$(call apt_install,chromium,chromium)
+
+# ---------------------------------------------------------------- build
+web: $(WEB)/dist/index.html
+
+$(WEB)/dist/index.html: $(WEB_SOURCES) | deps-node
+	cd $(WEB) && npm run build
+
+build: check-rust
+	$(CARGO) build --workspace --bins
+
+build-release: check-rust
+	$(CARGO) build --release --workspace --bins
+
+# ---------------------------------------------------------------- run
+up: deps-run deps-node web build-release
+	target/release/confab-run --gateways $(GATEWAYS) --persistence $(PERSISTENCE) --cleanup $(CLEANUP) --completion $(COMPLETION)
+
+# ---------------------------------------------------------------- test
+fmt:
+	$(CARGO) fmt --all --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+rust-test: deps-run build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+web-test: deps-node
+	cd $(WEB) && npm test
+
+e2e: deps-test build web
+	cd $(WEB) && npm run e2e
+
+test: deps-test fmt lint rust-test web-test e2e
+	@echo "== all tests passed =="
+
+# ---------------------------------------------------------------- bench
+bench: deps-run build-release
+	bash infra/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(WEB)/dist .run
