@@ -52,6 +52,8 @@ async fn redis() -> Redis {
         .spawn()
         .expect("redis-server must be installed (make test installs it)");
     let url = format!("redis://127.0.0.1:{port}");
+    // From here on the guard kills and reaps the process on every path.
+    let guard = Redis { child, url: url.clone() };
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..100 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
@@ -60,7 +62,7 @@ async fn redis() -> Redis {
                 .await
                 .is_ok()
             {
-                return Redis { child, url };
+                return guard;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
