@@ -53,7 +53,10 @@ async fn redis() -> Redis {
         .expect("redis-server must be installed (make test installs it)");
     let url = format!("redis://127.0.0.1:{port}");
     // From here on the guard kills and reaps the process on every path.
-    let guard = Redis { child, url: url.clone() };
+    let guard = Redis {
+        child,
+        url: url.clone(),
+    };
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..100 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
@@ -611,4 +614,35 @@ async fn a_conversation_that_expires_mid_answer_stops_the_answer() {
         .unwrap();
     assert!(left.is_empty(), "keys left behind: {left:?}");
     let _ = &s.cfg;
+}
+
+#[tokio::test]
+async fn the_context_respects_the_history_budget() {
+    let s = stack(&[("ASSISTANT_CONTEXT_MESSAGES", "3")], &[Role::Persistence]).await;
+    let id = s.open_chat().await;
+    for i in 0..6 {
+        s.say(id, &format!("note {i}")).await;
+    }
+    // Wait until all six are stored, then let a completion worker answer the newest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.messages(id).await.len() < 6 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ev = s.events(id).await;
+    tokio::spawn(confab_workers::run(
+        Role::Completion,
+        s.cfg.clone(),
+        s.cancel.clone(),
+    ));
+    ev.until("assistant_done", Duration::from_secs(20)).await;
+    let sent = s.mock.stats().last_messages;
+    assert_eq!(
+        sent.len(),
+        4,
+        "system prompt + the 3 newest messages: {sent:?}"
+    );
+    assert!(sent[0].starts_with("system: "));
+    assert_eq!(sent[1], "user: customer: note 3");
+    assert_eq!(sent[3], "user: customer: note 5");
 }

@@ -13,11 +13,34 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A Pub/Sub payload, parsed once per gateway however many connections receive it.
+#[derive(Debug)]
+pub struct Published {
+    pub payload: String,
+    pub header: Header,
+}
+
+/// The fields a session routes on; the rest of the payload is forwarded untouched.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub conversation_id: Option<uuid::Uuid>,
+    #[serde(default)]
+    pub event_id: Option<u64>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub token_hash: Option<String>,
+}
+
 /// What a connection's task receives from the hub.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A payload from a channel the connection subscribed to (conversation or user).
-    Channel(Arc<str>),
+    Channel(Arc<Published>),
     /// Re-read every subscription's history from the last eventId (Pub/Sub reconnected).
     Resync,
     /// A frame produced for this connection alone (an `ack` or `error` for a `send`).
@@ -144,7 +167,14 @@ impl Hub {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
-        let shared: Arc<str> = Arc::from(text);
+        let Ok(header) = serde_json::from_str::<Header>(text) else {
+            tracing::debug!(%channel, "ignoring a payload that is not an event");
+            return;
+        };
+        let shared = Arc::new(Published {
+            payload: text.to_string(),
+            header,
+        });
         let targets: Vec<ConnHandle> = match self.channels.lock() {
             Ok(c) => c
                 .get(channel)
@@ -232,7 +262,7 @@ mod tests {
         let b = hub.register(h2.clone());
         assert!(hub.join("ch", a, h1));
         assert!(!hub.join("ch", b, h2));
-        hub.deliver("ch", b"{}");
+        hub.deliver("ch", br#"{"type":"x"}"#);
         assert!(matches!(r1.try_recv(), Ok(Outbound::Channel(_))));
         assert!(matches!(r2.try_recv(), Ok(Outbound::Channel(_))));
         assert!(!hub.leave("ch", a));
@@ -247,9 +277,9 @@ mod tests {
         let (h, _rx) = handle(1);
         let id = hub.register(h.clone());
         hub.join("ch", id, h.clone());
-        hub.deliver("ch", b"1");
+        hub.deliver("ch", br#"{"type":"a"}"#);
         assert!(!h.kill.token.is_cancelled());
-        hub.deliver("ch", b"2");
+        hub.deliver("ch", br#"{"type":"b"}"#);
         assert!(h.kill.token.is_cancelled());
         assert_eq!(h.kill.code(), CLOSE_SLOW_CONSUMER);
         assert_eq!(hub.stats().1, 1);

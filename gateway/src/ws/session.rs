@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_shared::commands::Command;
-use confab_shared::events::EventHeader;
 use confab_shared::keys;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -23,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use super::hub::{ConnHandle, ConnId, Killer, Outbound};
+use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
 use crate::rest::conversations::build_message;
@@ -470,21 +469,17 @@ impl Conn {
                 }
                 out
             }
-            Outbound::Channel(payload) => self.event(&payload).await,
+            Outbound::Channel(published) => self.event(&published.header, &published.payload).await,
         }
     }
 
-    async fn event(&mut self, payload: &str) -> Vec<String> {
-        let Ok(h) = serde_json::from_str::<EventHeader>(payload) else {
-            return Vec::new();
-        };
+    async fn event(&mut self, h: &Header, payload: &str) -> Vec<String> {
         match h.kind.as_str() {
             "session_revoked" => {
-                let v: Value = serde_json::from_str(payload).unwrap_or_default();
                 if self
                     .session
                     .as_ref()
-                    .is_some_and(|s| v["tokenHash"].as_str() == Some(s.token_hash.as_str()))
+                    .is_some_and(|s| h.token_hash.as_deref() == Some(s.token_hash.as_str()))
                 {
                     self.handle.kill.kill(CLOSE_REVOKED);
                 }
@@ -519,10 +514,9 @@ impl Conn {
                 }
             }
             "typing" => {
-                let v: Value = serde_json::from_str(payload).unwrap_or_default();
                 let mine = self
                     .me()
-                    .is_some_and(|me| v["username"].as_str() == Some(me));
+                    .is_some_and(|me| h.username.as_deref() == Some(me));
                 match h.conversation_id {
                     Some(id) if self.subs.contains_key(&id) && !mine => vec![payload.to_string()],
                     _ => Vec::new(),

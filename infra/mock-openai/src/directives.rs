@@ -52,6 +52,32 @@ impl Directives {
         self.status.is_some() || self.cut.is_some() || self.stream_error.is_some()
     }
 
+    /// Compact `key=value` list of what is set, for logs.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let mut num = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        num("tps", self.tps.map(|v| v.to_string()));
+        num("tokens", self.tokens.map(|v| v.to_string()));
+        num("status", self.status.map(|v| v.to_string()));
+        num("retry_after", self.retry_after.map(|v| v.to_string()));
+        num("fail", self.fail.map(|v| v.to_string()));
+        num("cut", self.cut.map(|v| v.to_string()));
+        num("stream_error", self.stream_error.map(|v| v.to_string()));
+        num("delay_ms", self.delay_ms.map(|v| v.to_string()));
+        if self.lenient {
+            parts.push("lenient".to_string());
+        }
+        if !self.unknown.is_empty() {
+            // Only a count: the items are user text.
+            parts.push(format!("unknown={}", self.unknown.len()));
+        }
+        parts.join(" ")
+    }
+
     fn apply(&mut self, item: &str) {
         let (key, value) = match item.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
@@ -140,6 +166,7 @@ fn find_open(text: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -161,6 +188,11 @@ mod tests {
         assert!(d.unknown.is_empty());
         assert_eq!(text, "Hello  world");
         assert!(d.has_failure());
+        assert_eq!(
+            d.summary(),
+            "tps=50 tokens=200 status=429 retry_after=3 fail=2 cut=4 stream_error=5 \
+             delay_ms=10 lenient"
+        );
     }
 
     #[test]
@@ -186,6 +218,7 @@ mod tests {
         assert_eq!(d.status, None);
         assert_eq!(d.tokens, Some(5));
         assert_eq!(d.unknown, vec!["tps=fast", "status=200", "bogus"]);
+        assert_eq!(d.summary(), "tokens=5 unknown=3");
     }
 
     #[test]

@@ -1,10 +1,39 @@
 //! OpenAI-shaped error responses:
 //! `{"error":{"message":…,"type":…,"param":…,"code":…}}`.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
+
+/// `{"error": {...}}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ErrorFields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+/// The error event a `stream_error` directive sends inside a 200 stream.
+pub fn stream_error_event() -> String {
+    let body = ErrorBody {
+        error: ErrorFields {
+            message: "The server had an error while processing your request. Sorry about that! \
+                      (mock stream_error)",
+            kind: "server_error",
+            param: None,
+            code: None,
+        },
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
 
 /// An error answered in OpenAI's wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +71,12 @@ impl ApiError {
                      Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
                 .to_string(),
         };
-        Self::new(401, "invalid_request_error", Some("invalid_api_key"), message)
+        Self::new(
+            401,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
     }
 
     /// 400 for a body the mock cannot use.
@@ -121,16 +155,16 @@ impl ApiError {
         )
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
+    /// The JSON body, fields in OpenAI's order.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorFields {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        }
     }
 
     /// The full HTTP response.
@@ -141,7 +175,10 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             let headers = resp.headers_mut();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            headers.insert("retry-after-ms", HeaderValue::from(secs.saturating_mul(1000)));
+            headers.insert(
+                "retry-after-ms",
+                HeaderValue::from(secs.saturating_mul(1000)),
+            );
         }
         resp
     }
@@ -159,13 +196,25 @@ fn redact(key: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn rate_limit_shape_and_headers() {
         let e = ApiError::for_status(429, "m", Some(7));
-        let body = e.body();
+        let body = serde_json::to_value(e.body()).unwrap();
+        let text = serde_json::to_string(&e.body()).unwrap();
+        assert!(
+            text.starts_with(r#"{"error":{"message":"Rate limit reached"#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                r#"try again in 7s.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+            ),
+            "{text}"
+        );
         assert_eq!(body["error"]["type"], "requests");
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
         assert!(body["error"]["param"].is_null());
@@ -177,11 +226,20 @@ mod tests {
 
     #[test]
     fn codes_for_common_statuses() {
-        assert_eq!(ApiError::for_status(401, "m", None).code, Some("invalid_api_key"));
-        assert_eq!(ApiError::for_status(404, "m", None).code, Some("model_not_found"));
+        assert_eq!(
+            ApiError::for_status(401, "m", None).code,
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            ApiError::for_status(404, "m", None).code,
+            Some("model_not_found")
+        );
         assert_eq!(ApiError::for_status(500, "m", None).kind, "server_error");
         assert_eq!(ApiError::for_status(503, "m", None).kind, "server_error");
-        assert_eq!(ApiError::for_status(418, "m", None).kind, "invalid_request_error");
+        assert_eq!(
+            ApiError::for_status(418, "m", None).kind,
+            "invalid_request_error"
+        );
     }
 
     #[test]

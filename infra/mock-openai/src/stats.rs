@@ -19,6 +19,7 @@ pub struct Stats {
     stream_errors: AtomicU64,
     by_status: Mutex<BTreeMap<u16, u64>>,
     failures: Mutex<HashMap<u64, u32>>,
+    last_messages: Mutex<Vec<String>>,
 }
 
 /// JSON shape of `GET /_mock/stats`.
@@ -39,6 +40,9 @@ pub struct StatsSnapshot {
     #[serde(default)]
     pub stream_errors: u64,
     pub by_status: BTreeMap<String, u64>,
+    /// The messages of the most recent chat request, as `role: text` (context checks).
+    #[serde(default)]
+    pub last_messages: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,7 +62,13 @@ impl Stats {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            last_messages: lock(&self.last_messages).clone(),
         }
+    }
+
+    /// Remembers the messages of the latest request.
+    pub fn record_messages(&self, messages: impl Iterator<Item = String>) {
+        *lock(&self.last_messages) = messages.collect();
     }
 
     /// Zeroes the counters and forgets `fail=N` history. `in_flight` is a
@@ -75,6 +85,7 @@ impl Stats {
         }
         lock(&self.by_status).clear();
         lock(&self.failures).clear();
+        lock(&self.last_messages).clear();
     }
 
     /// `fail=N`: true for the first `times` calls with the same `key`.
@@ -188,6 +199,7 @@ impl Drop for RequestGuard {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -209,7 +221,10 @@ mod tests {
             g.error(429);
         }
         let s = stats.snapshot();
-        assert_eq!((s.requests, s.completed, s.aborted, s.in_flight), (3, 1, 1, 0));
+        assert_eq!(
+            (s.requests, s.completed, s.aborted, s.in_flight),
+            (3, 1, 1, 0)
+        );
         assert_eq!(s.by_status.get("200"), Some(&2));
         assert_eq!(s.by_status.get("429"), Some(&1));
         stats.reset();

@@ -120,12 +120,16 @@ pub fn demo_reply(user_text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn tokens_are_words_with_trailing_whitespace() {
-        assert_eq!(tokenize("Hello, big world!\n"), vec!["Hello, ", "big ", "world!\n"]);
+        assert_eq!(
+            tokenize("Hello, big world!\n"),
+            vec!["Hello, ", "big ", "world!\n"]
+        );
         assert_eq!(tokenize("  lead  two"), vec!["  lead  ", "two"]);
         assert_eq!(tokenize(""), Vec::<&str>::new());
         assert_eq!(tokenize("   "), vec!["   "]);
@@ -159,7 +163,10 @@ mod tests {
     #[test]
     fn demo_reply_is_deterministic_and_in_budget() {
         let a = demo_reply("Tell me about the weather in Paris tomorrow please");
-        assert_eq!(a, demo_reply("Tell me about the weather in Paris tomorrow please"));
+        assert_eq!(
+            a,
+            demo_reply("Tell me about the weather in Paris tomorrow please")
+        );
         let n = count_tokens(&a);
         assert!((60..=120).contains(&n), "{n} tokens");
         let long = demo_reply(&"word ".repeat(500));

@@ -4,7 +4,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 
 /// `system_fingerprint` of every response.
 pub const SYSTEM_FINGERPRINT: &str = "fp_confab_mock";
@@ -78,6 +77,39 @@ struct Delta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    choices: [CompletionChoice<'a>; 1],
+    usage: Usage,
+    service_tier: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct CompletionChoice<'a> {
+    index: u32,
+    message: Message<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: Option<()>,
+    annotations: [(); 0],
 }
 
 /// The fields shared by every object of one response.
@@ -167,53 +199,41 @@ impl Envelope {
     }
 
     /// A non-streaming `chat.completion` object.
-    pub fn completion(&self, content: &str, finish_reason: &str, usage: Usage) -> Value {
-        let mut obj = json!({
-            "choices": [{
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": content,
-                    "refusal": null,
-                    "annotations": [],
+    pub fn completion<'a>(
+        &'a self,
+        content: &'a str,
+        finish_reason: &'a str,
+        usage: Usage,
+    ) -> impl Serialize + 'a {
+        let full = !self.lenient;
+        Completion {
+            id: full.then_some(self.id.as_str()),
+            object: full.then_some("chat.completion"),
+            created: full.then_some(self.created),
+            model: full.then_some(self.model.as_str()),
+            choices: [CompletionChoice {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content,
+                    refusal: None,
+                    annotations: [],
                 },
-                "logprobs": null,
-                "finish_reason": finish_reason,
+                logprobs: None,
+                finish_reason,
             }],
-            "usage": usage,
-            "service_tier": "default",
-        });
-        if !self.lenient {
-            if let Some(map) = obj.as_object_mut() {
-                map.insert("id".into(), json!(self.id));
-                map.insert("object".into(), json!("chat.completion"));
-                map.insert("created".into(), json!(self.created));
-                map.insert("model".into(), json!(self.model));
-                map.insert("system_fingerprint".into(), json!(SYSTEM_FINGERPRINT));
-            }
+            usage,
+            service_tier: "default",
+            system_fingerprint: full.then_some(SYSTEM_FINGERPRINT),
         }
-        obj
     }
-}
-
-/// The error event a `stream_error` directive sends inside a 200 stream.
-pub fn stream_error_event() -> String {
-    json!({
-        "error": {
-            "message": "The server had an error while processing your request. Sorry about that! \
-                        (mock stream_error)",
-            "type": "server_error",
-            "param": null,
-            "code": null,
-        }
-    })
-    .to_string()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn parse(s: &str) -> Value {
         serde_json::from_str(s).unwrap()
@@ -226,7 +246,10 @@ mod tests {
         assert_eq!(role["object"], "chat.completion.chunk");
         assert_eq!(role["id"], env.id.as_str());
         assert_eq!(role["system_fingerprint"], SYSTEM_FINGERPRINT);
-        assert_eq!(role["choices"][0]["delta"], json!({"role":"assistant","content":""}));
+        assert_eq!(
+            role["choices"][0]["delta"],
+            json!({"role":"assistant","content":""})
+        );
         assert!(role["choices"][0]["finish_reason"].is_null());
         assert!(role.get("usage").is_none());
         let fin = parse(&env.finish_chunk("length"));
@@ -246,5 +269,33 @@ mod tests {
         let u = parse(&env.usage_chunk(Usage::new(10, 5)));
         assert_eq!(u["choices"], json!([]));
         assert_eq!(u["usage"]["total_tokens"], 15);
+    }
+
+    #[test]
+    fn completion_object_in_openai_field_order() {
+        let env = Envelope::new("m", false, false);
+        let text = serde_json::to_string(&env.completion("hi", "stop", Usage::new(3, 1))).unwrap();
+        let keys = [
+            "\"id\"",
+            "\"object\"",
+            "\"created\"",
+            "\"model\"",
+            "\"choices\"",
+            "\"usage\"",
+        ];
+        let positions: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({
+                "role": "assistant", "content": "hi", "refusal": null, "annotations": []
+            })
+        );
+        assert_eq!(v["usage"]["total_tokens"], 4);
+        let lenient = Envelope::new("m", true, false);
+        let v = serde_json::to_value(lenient.completion("hi", "stop", Usage::new(3, 1))).unwrap();
+        assert!(v.get("id").is_none() && v.get("model").is_none());
     }
 }

@@ -117,6 +117,8 @@ interface Subscription {
   lastEventId?: EventId;
   /** Confirmed by a `subscribed` frame on some connection before. */
   confirmedOnce: boolean;
+  /** The `since` of the last subscribe frame sent ("none" = sent without one). */
+  sentSince?: EventId | 'none';
 }
 
 interface PendingAck {
@@ -143,7 +145,6 @@ export class ConfabSocket {
   private pingTimer: unknown = null;
   private connectTimer: unknown = null;
   private lastFrameAt = 0;
-  private forcedDelayMs: number | null = null;
 
   constructor(options: ConfabSocketOptions) {
     const url = options.url;
@@ -286,12 +287,17 @@ export class ConfabSocket {
     });
   }
 
-  /** Sends a typing frame unless one went out for this chat in the last 2 s. */
-  typing(conversationId: string): boolean {
+  /**
+   * Sends a typing frame unless one went out for this chat in the last 2 s.
+   * Open chats name the role being typed as (customer / agent).
+   */
+  typing(conversationId: string, sender?: OpenSender): boolean {
     const now = this.opts.clock.now();
     const last = this.lastTyping.get(conversationId);
     if (last !== undefined && now - last < this.opts.typingThrottleMs) return false;
-    if (!this.raw({ type: 'typing', conversationId })) return false;
+    const frame: ClientFrame = { type: 'typing', conversationId };
+    if (sender) frame.sender = sender;
+    if (!this.raw(frame)) return false;
     this.lastTyping.set(conversationId, now);
     return true;
   }
@@ -380,7 +386,6 @@ export class ConfabSocket {
     let delay = backoffDelay(attempt, this.opts.backoff, this.opts.random);
     if (code === 4008) delay = Math.min(delay, 250); // slow consumer: resume right away
     if (code === 4029) delay = Math.max(delay, 5_000); // rate limited: back off harder
-    if (this.forcedDelayMs !== null) delay = this.forcedDelayMs;
     const now = this.opts.clock.now();
     this.setStatus({
       status: 'reconnecting',
@@ -412,7 +417,7 @@ export class ConfabSocket {
   private sendSubscribe(conversationId: string, sub: Subscription): void {
     const frame: ClientFrame = { type: 'subscribe', conversationId };
     if (sub.lastEventId !== undefined) frame.since = sub.lastEventId;
-    this.raw(frame);
+    if (this.raw(frame)) sub.sentSince = sub.lastEventId ?? 'none';
   }
 
   // ---- inbound frames ------------------------------------------------------
@@ -421,21 +426,34 @@ export class ConfabSocket {
     switch (frame.type) {
       case 'subscribed': {
         const sub = this.subs.get(frame.conversationId);
+        let needResync = !!frame.resync;
         if (sub) {
+          let resync = !!frame.resync;
           if (frame.resync) {
             sub.lastEventId = frame.lastEventId;
-          } else if (sub.lastEventId === undefined && frame.lastEventId !== undefined) {
+          } else if (sub.lastEventId === undefined) {
+            if (frame.lastEventId !== undefined) sub.lastEventId = frame.lastEventId;
+          } else if (
+            sub.sentSince === 'none' &&
+            frame.lastEventId !== undefined &&
+            compareEventIds(frame.lastEventId, sub.lastEventId) > 0
+          ) {
+            // Subscribed without `since`, and meanwhile a REST snapshot told us an older
+            // position: the events in between were neither in the snapshot nor replayed.
             sub.lastEventId = frame.lastEventId;
+            resync = true;
           }
+          sub.sentSince = undefined;
           if (sub.confirmedOnce) {
             for (const r of this.assembler.resubscribed(frame.conversationId)) {
               this.emit({ kind: 'assistant', response: r });
             }
           }
           sub.confirmedOnce = true;
+          needResync = resync;
         }
         this.emit({ kind: 'frame', frame });
-        if (frame.resync) this.emit({ kind: 'resync', conversationId: frame.conversationId });
+        if (needResync) this.emit({ kind: 'resync', conversationId: frame.conversationId });
         return;
       }
       case 'assistant_delta': {

@@ -45,7 +45,7 @@ export type ClientFrame =
       sender?: OpenSender;
       timestamp?: string;
     }
-  | { type: 'typing'; conversationId: string }
+  | { type: 'typing'; conversationId: string; sender?: OpenSender }
   | { type: 'cancel'; conversationId: string }
   | { type: 'ping' };
 

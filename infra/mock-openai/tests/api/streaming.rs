@@ -1,0 +1,261 @@
+//! Streaming wire format, usage, max_tokens, pacing, lenient, aborts.
+
+use std::time::{Duration, Instant};
+
+use mock_openai::{demo_reply, MockConfig, SYSTEM_FINGERPRINT};
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn stream_wire_format_line_by_line() {
+    let server = start(MockConfig::fast()).await;
+    let resp = post(&server, &body("What is Confab?", true)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (pieces, err) = read_all(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let raw = text_of(&pieces);
+
+    // Every line alternates `data: …` / empty, ending with [DONE].
+    let lines: Vec<&str> = raw.split('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        if i % 2 == 0 && i + 1 < lines.len() {
+            assert!(
+                line.starts_with("data: {") || *line == "data: [DONE]",
+                "line {i}: {line}"
+            );
+        } else {
+            assert_eq!(*line, "", "line {i} must be blank");
+        }
+    }
+    assert!(raw.ends_with("data: [DONE]\n\n"));
+
+    let payloads = events(&raw);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(payloads.iter().filter(|p| *p == "[DONE]").count(), 1);
+    let chunks = json_events(&payloads);
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    for c in &chunks {
+        assert_eq!(c["id"], id);
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "gpt-4o-mini");
+        assert_eq!(c["system_fingerprint"], SYSTEM_FINGERPRINT);
+        assert_eq!(c["created"], chunks[0]["created"]);
+        assert!(c["created"].as_u64().unwrap() > 1_700_000_000);
+        assert!(c.get("usage").is_none(), "no usage without include_usage");
+        assert_eq!(c["choices"][0]["index"], 0);
+    }
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["delta"], json!({}));
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c["choices"][0]["finish_reason"].is_null());
+    }
+    let content = content_of(&chunks);
+    assert_eq!(content, demo_reply("What is Confab?"));
+    assert!(content.contains("local demo model") && content.contains("```rust"));
+    let n = content_chunks(&chunks);
+    assert!((60..=120).contains(&n), "{n} tokens");
+    assert_eq!(chunks.len(), n + 2);
+    let stats = wait_stats(&server, |s| s.completed == 1).await;
+    assert_eq!((stats.requests, stats.aborted, stats.in_flight), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn include_usage_adds_final_usage_chunk() {
+    let server = start(MockConfig::fast()).await;
+    let mut b = body("[[mock tokens=12]] count please", true);
+    b["stream_options"] = json!({"include_usage": true});
+    let (pieces, err) = read_all(post(&server, &b).await).await;
+    assert!(err.is_none());
+    let payloads = events(&text_of(&pieces));
+    let chunks = json_events(&payloads);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let usage = &usage_chunk["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + 12);
+    // All other chunks carry `usage: null`, the finish chunk precedes usage.
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c.get("usage").is_some_and(|u| u.is_null()), "{c}");
+    }
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(
+        content_of(&chunks),
+        "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_cuts_with_finish_reason_length() {
+    let server = start(MockConfig::fast()).await;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        let mut b = body("[[mock tokens=50]]", true);
+        b[key] = json!(7);
+        b["stream_options"] = json!({"include_usage": true});
+        let (pieces, _) = read_all(post(&server, &b).await).await;
+        let chunks = json_events(&events(&text_of(&pieces)));
+        assert_eq!(content_of(&chunks), "w1 w2 w3 w4 w5 w6 w7 ");
+        assert_eq!(content_chunks(&chunks), 7);
+        let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+        assert_eq!(finish, "length", "{key}");
+        assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 7);
+    }
+}
+
+#[tokio::test]
+async fn tps_directive_paces_chunks() {
+    // Server default is unpaced; the directive slows this stream to 20/s.
+    let server = start(MockConfig::fast()).await;
+    let started = Instant::now();
+    let resp = post(&server, &body("[[mock tps=20 tokens=10]]", true)).await;
+    let (pieces, _) = read_all(resp).await;
+    let elapsed = started.elapsed();
+    let chunks = json_events(&events(&text_of(&pieces)));
+    assert_eq!(content_chunks(&chunks), 10);
+    // 10 tokens at 20/s: ~500 ms, spread over many reads (flushed per chunk).
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(
+        pieces.len() >= 8,
+        "chunks were not flushed one by one: {}",
+        pieces.len()
+    );
+    let spread = pieces.last().unwrap().at - pieces.first().unwrap().at;
+    assert!(spread >= Duration::from_millis(400), "{spread:?}");
+
+    // And tps=0 on a paced server is as fast as possible.
+    let paced = start(MockConfig {
+        tokens_per_sec: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (pieces, _) = read_all(post(&paced, &body("[[mock tps=0 tokens=300]]", true)).await).await;
+    assert_eq!(
+        content_chunks(&json_events(&events(&text_of(&pieces)))),
+        300
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn config_tokens_per_sec_is_the_default_pace() {
+    let server = start(MockConfig {
+        tokens_per_sec: 25,
+        ..MockConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (pieces, _) = read_all(post(&server, &body("[[mock tokens=10]]", true)).await).await;
+    assert_eq!(content_chunks(&json_events(&events(&text_of(&pieces)))), 10);
+    // 10 tokens at 25/s = 400 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(360),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn lenient_chunks_omit_metadata() {
+    let server = start(MockConfig::fast()).await;
+    let (pieces, err) =
+        read_all(post(&server, &body("[[mock lenient tokens=3]]", true)).await).await;
+    assert!(err.is_none());
+    let payloads = events(&text_of(&pieces));
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks = json_events(&payloads);
+    assert_eq!(chunks.len(), 5);
+    for c in &chunks {
+        for field in ["id", "object", "created", "model", "system_fingerprint"] {
+            assert!(c.get(field).is_none(), "{field} in {c}");
+        }
+        assert!(c["choices"].is_array());
+    }
+    assert_eq!(content_of(&chunks), "w1 w2 w3");
+    assert_eq!(chunks[4]["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn client_disconnect_is_counted_as_abort() {
+    let server = start(MockConfig::fast()).await;
+    let resp = post(&server, &body("[[mock tps=20 tokens=1000]]", true)).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut received = 0;
+    while received < 3 {
+        use futures::StreamExt;
+        let piece = stream.next().await.expect("more data").expect("no error");
+        received += events(std::str::from_utf8(&piece).unwrap()).len();
+    }
+    assert_eq!(server.stats().in_flight, 1);
+    drop(stream);
+    let stats = wait_stats(&server, |s| s.aborted == 1).await;
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.completed, 0);
+    assert_eq!(stats.by_status.get("200"), Some(&1));
+}
+
+#[tokio::test]
+async fn delay_ms_postpones_the_first_byte() {
+    let server = start(MockConfig::fast()).await;
+    let started = Instant::now();
+    let resp = post(&server, &body("[[mock delay_ms=300 tokens=2]]", true)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+    let (pieces, _) = read_all(resp).await;
+    assert_eq!(
+        content_of(&json_events(&events(&text_of(&pieces)))),
+        "w1 w2"
+    );
+}
+
+#[tokio::test]
+async fn holds_200_concurrent_paced_streams() {
+    let server = start(MockConfig::default()).await;
+    let client = client();
+    let url = format!("{}/chat/completions", server.base_url());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let b = body(&format!("stream {i} [[mock tps=50 tokens=50]]"), true);
+                let resp = client.post(url).json(&b).send().await.expect("sent");
+                let (pieces, err) = read_all(resp).await;
+                assert!(err.is_none());
+                let payloads = events(&text_of(&pieces));
+                assert_eq!(payloads.last().unwrap(), "[DONE]");
+                content_chunks(&json_events(&payloads))
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 50);
+    }
+    // Each stream takes ~1 s at 50 tokens/s; all 200 run side by side.
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+    let stats = wait_stats(&server, |s| s.completed == 200).await;
+    assert_eq!((stats.aborted, stats.in_flight), (0, 0));
+}
