@@ -31,6 +31,8 @@ use super::coalesce::Coalescer;
 use super::openai::{Failure, Model};
 
 const MAX_ATTEMPTS: u32 = 6;
+/// How often a job whose conversation another replica is answering checks again.
+const BUSY_POLL: Duration = Duration::from_millis(300);
 /// No chunk for this long counts as a stalled stream (retried).
 const IDLE: Duration = Duration::from_secs(15);
 
@@ -127,7 +129,24 @@ impl Answerer {
                 }
             };
             let (hseq, previous) = match lease {
-                Lease::Gone | Lease::Busy => return Disposition::Ack,
+                Lease::Gone => return Disposition::Ack,
+                Lease::Busy => {
+                    // Another replica is answering. It answers newer messages itself when done;
+                    // if it dies, its lease lapses within CLAIM_IDLE_MS and we take over here.
+                    match self.op(id, &["status"]).await {
+                        Ok(v) if v.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(0) => {
+                            return Disposition::Ack
+                        }
+                        Ok(v) if v.get(1).and_then(|x| redis::from_redis_value_ref::<u64>(x).ok()).unwrap_or(0) >= job.up_to_event => {
+                            return Disposition::Ack
+                        }
+                        _ => {}
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(BUSY_POLL) => continue,
+                        _ = self.abort.cancelled() => return Disposition::Retry,
+                    }
+                }
                 Lease::Mine {
                     previous,
                     hseq,
