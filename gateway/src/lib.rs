@@ -14,6 +14,8 @@
 //! - [`auth`]: users (argon2id), sessions (hashed tokens), sign-in rate limiting.
 //! - [`web`]: the browser client's files with an `index.html` fallback.
 
+#![recursion_limit = "256"]
+
 pub mod auth;
 pub mod bus;
 pub mod pipeline;

@@ -51,7 +51,7 @@ fn json_body(state: &AppState) -> impl Filter<Extract = (body::Body,), Error = R
 }
 
 /// All `/api/*`, `/healthz` and `/readyz` routes.
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     use conversations as c;
     let s = || with_state(state.clone());
     let auth = || session(state.clone());
@@ -147,4 +147,5 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rej
         .unify()
         .or(readyz)
         .unify()
+        .boxed()
 }

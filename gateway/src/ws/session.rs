@@ -338,6 +338,20 @@ impl Conn {
             },
         );
         self.expired.remove(&id);
+        // Joining mid-answer: the text so far, then live deltas (clients drop seq <= this one).
+        if let Ok(Some((rid, text, seq))) = self.state.store.answer_snapshot(id).await {
+            out.push(
+                serde_json::json!({
+                    "type": "assistant_delta",
+                    "conversationId": id,
+                    "responseId": rid,
+                    "seq": seq,
+                    "delta": text,
+                    "snapshot": true
+                })
+                .to_string(),
+            );
+        }
         Ok(out)
     }
 
