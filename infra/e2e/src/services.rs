@@ -1,0 +1,316 @@
+//! The real binaries as child processes: [`Gateway`], [`Worker`], and [`Stack`] (a Redis
+//! with gateways and workers around it).
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use crate::http::Http;
+use crate::process::{confab_binary, free_port, next_seq, ChildProc};
+use crate::redis_server::Redis;
+
+/// How long a process may take to become ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed process may take to exit.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn base_env(redis: &Redis) -> Vec<(String, String)> {
+    vec![
+        ("REDIS_URL".into(), redis.url().to_string()),
+        ("RUST_LOG".into(), "info".into()),
+        ("NO_COLOR".into(), "1".into()),
+    ]
+}
+
+/// A `gateway` process on its own port.
+pub struct Gateway {
+    port: u16,
+    id: String,
+    env: Vec<(String, String)>,
+    proc: ChildProc,
+    restarts: u32,
+}
+
+impl Gateway {
+    /// Starts a gateway on a free port with `env` overrides (e.g. `("REQUEST_TIMEOUT_MS",
+    /// "500")`) and waits until `GET /readyz` answers 200 with its id.
+    pub async fn start(redis: &Redis, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let id = format!("e2e-gw-{}", next_seq());
+        let mut all = base_env(redis);
+        all.extend([
+            ("GATEWAY_ADDR".to_string(), format!("127.0.0.1:{port}")),
+            ("GATEWAY_ID".to_string(), id.clone()),
+            (
+                "WEB_DIR".to_string(),
+                "/nonexistent/confab-e2e-web".to_string(),
+            ),
+        ]);
+        all.extend(owned_env(env));
+        let proc = ChildProc::spawn(&id, &confab_binary("gateway"), &[], &all);
+        let mut gw = Gateway {
+            port,
+            id,
+            env: all,
+            proc,
+            restarts: 0,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let http = self.http();
+        let start = Instant::now();
+        let mut last = String::from("no answer yet");
+        while start.elapsed() < START_TIMEOUT {
+            if let Some(status) = self.proc.exited() {
+                panic!(
+                    "gateway {} exited with {status} before becoming ready",
+                    self.id
+                );
+            }
+            match http
+                .try_send(http.request(reqwest::Method::GET, "/readyz"))
+                .await
+            {
+                Ok((200, body)) if body["gatewayId"] == self.id.as_str() => return,
+                Ok((200, body)) => panic!(
+                    "port {} is served by another gateway ({body}); expected {}",
+                    self.port, self.id
+                ),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "gateway {} not ready within {START_TIMEOUT:?}: {last}",
+            self.id
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its `GATEWAY_ID` (the reply channel is `confab:reply:<id>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `ws://127.0.0.1:<port>`
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// An anonymous REST client for this gateway.
+    pub fn http(&self) -> Http {
+        Http::new(self.url())
+    }
+
+    /// SIGKILL (no shutdown at all).
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.proc.kill9()
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.proc.terminate(STOP_TIMEOUT).await
+    }
+
+    /// Stops the process if it runs (SIGKILL) and starts a new one on the same port with the
+    /// same environment, waiting until it is ready.
+    pub async fn restart(&mut self) {
+        self.proc.kill9();
+        self.restarts += 1;
+        let name = format!("{}-restart{}", self.id, self.restarts);
+        self.proc = ChildProc::spawn(&name, &confab_binary("gateway"), &[], &self.env);
+        self.wait_ready().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    pub fn process(&mut self) -> &mut ChildProc {
+        &mut self.proc
+    }
+}
+
+/// A `workers <role>` process.
+pub struct Worker {
+    role: String,
+    name: String,
+    proc: ChildProc,
+}
+
+impl Worker {
+    /// Starts `workers <role>` with `WORKER_NAME` set to a unique name and `env` overrides,
+    /// and waits until Redis sees a new connection of it doing its job: a blocking
+    /// `XREADGROUP` for a persistence worker, a `ZRANGEBYSCORE` poll for a cleanup worker.
+    pub async fn start(redis: &Redis, role: &str, env: &[(&str, &str)]) -> Worker {
+        let name = format!("e2e-{role}-{}", next_seq());
+        let mut all = base_env(redis);
+        all.push(("WORKER_NAME".into(), name.clone()));
+        all.extend(owned_env(env));
+        let before = max_client_id(redis).await;
+        let proc = ChildProc::spawn(&name, &confab_binary("workers"), &[role.to_string()], &all);
+        let mut w = Worker {
+            role: role.to_string(),
+            name,
+            proc,
+        };
+        w.wait_ready(redis, before).await;
+        w
+    }
+
+    async fn wait_ready(&mut self, redis: &Redis, clients_before: u64) {
+        let signature = match self.role.as_str() {
+            "persistence" => "xreadgroup",
+            "cleanup" => "zrangebyscore",
+            _ => return,
+        };
+        let start = Instant::now();
+        while start.elapsed() < START_TIMEOUT {
+            if let Some(status) = self.proc.exited() {
+                panic!(
+                    "worker {} exited with {status} before becoming ready",
+                    self.name
+                );
+            }
+            let list: String = redis.try_q(&["CLIENT", "LIST"]).await.unwrap_or_default();
+            if clients(&list).any(|(id, cmd)| id > clients_before && cmd == signature) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("worker {} not ready within {START_TIMEOUT:?}", self.name);
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Its `WORKER_NAME`, which is also its consumer name in the group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.proc.kill9()
+    }
+
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.proc.terminate(STOP_TIMEOUT).await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    pub fn process(&mut self) -> &mut ChildProc {
+        &mut self.proc
+    }
+}
+
+/// `(client id, last command)` of each line of `CLIENT LIST`.
+fn clients(list: &str) -> impl Iterator<Item = (u64, &str)> {
+    list.lines().filter_map(|line| {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+        };
+        Some((field("id")?.parse().ok()?, field("cmd")?))
+    })
+}
+
+async fn max_client_id(redis: &Redis) -> u64 {
+    let list: String = redis.q(&["CLIENT", "LIST"]).await;
+    clients(&list).map(|(id, _)| id).max().unwrap_or(0)
+}
+
+/// A Redis with gateways and workers. Fields drop in order: processes before Redis.
+pub struct Stack {
+    pub gateways: Vec<Gateway>,
+    pub workers: Vec<Worker>,
+    pub redis: Redis,
+}
+
+impl Stack {
+    /// Redis, one gateway and one persistence worker, all with `env`.
+    pub async fn start(env: &[(&str, &str)]) -> Stack {
+        Self::with(1, 1, 0, env).await
+    }
+
+    /// Redis, `gateways` gateways, `persistence` persistence workers and `cleanup` cleanup
+    /// workers, all with `env`.
+    pub async fn with(
+        gateways: usize,
+        persistence: usize,
+        cleanup: usize,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let redis = Redis::start().await;
+        let mut stack = Stack {
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            redis,
+        };
+        for _ in 0..persistence {
+            stack.add_worker("persistence", env).await;
+        }
+        for _ in 0..cleanup {
+            stack.add_worker("cleanup", env).await;
+        }
+        for _ in 0..gateways {
+            stack.add_gateway(env).await;
+        }
+        stack
+    }
+
+    pub async fn add_gateway(&mut self, env: &[(&str, &str)]) -> &mut Gateway {
+        let gw = Gateway::start(&self.redis, env).await;
+        self.gateways.push(gw);
+        let last = self.gateways.len() - 1;
+        &mut self.gateways[last]
+    }
+
+    pub async fn add_worker(&mut self, role: &str, env: &[(&str, &str)]) -> &mut Worker {
+        let w = Worker::start(&self.redis, role, env).await;
+        self.workers.push(w);
+        let last = self.workers.len() - 1;
+        &mut self.workers[last]
+    }
+
+    /// The first gateway.
+    pub fn gw(&self) -> &Gateway {
+        self.gateways
+            .first()
+            .unwrap_or_else(|| panic!("this stack has no gateway"))
+    }
+
+    /// An anonymous client of the first gateway.
+    pub fn http(&self) -> Http {
+        self.gw().http()
+    }
+}
