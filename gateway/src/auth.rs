@@ -47,6 +47,9 @@ fn new_token() -> String {
 #[derive(Clone)]
 pub struct Auth {
     conn: ConnectionManager,
+    /// argon2id needs ~19 MiB per hash: at most this many run at once, so a burst of sign-ups
+    /// cannot balloon the gateway's memory (and it leaves cores for everything else).
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
     session_ttl_secs: u64,
     max_failures: u64,
     window_secs: u64,
@@ -54,8 +57,12 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(conn: ConnectionManager, cfg: &confab_shared::Config) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         Self {
             conn,
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(cores)),
             session_ttl_secs: cfg.session_ttl_secs,
             max_failures: cfg.login_max_failures,
             window_secs: cfg.login_window_secs,
@@ -74,6 +81,7 @@ impl Auth {
             ));
         }
         let pw = password.to_owned();
+        let permit = self.hashing.acquire().await;
         let hash = tokio::task::spawn_blocking(move || {
             let salt = new_salt()?;
             Argon2::default()
@@ -83,6 +91,7 @@ impl Auth {
         .await
         .map_err(|e| ApiError::internal("hashing task failed", e))?
         .map_err(|e| ApiError::internal("hashing a password", e))?;
+        drop(permit);
         let mut conn = self.conn.clone();
         let created: bool = redis::cmd("HSETNX")
             .arg(keys::user(&name))
@@ -152,6 +161,7 @@ impl Auth {
             .await
             .map_err(|e| ApiError::internal("reading a user", e))?;
         let pw = password.to_owned();
+        let permit = self.hashing.acquire().await;
         let ok = tokio::task::spawn_blocking(move || match stored {
             Some(hash) => PasswordHash::new(&hash)
                 .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()),
@@ -165,6 +175,7 @@ impl Auth {
         })
         .await
         .unwrap_or(false);
+        drop(permit);
         if !ok {
             let mut pipe = redis::pipe();
             for s in &subjects {

@@ -79,6 +79,7 @@ pub async fn run(
         cfg.request_timeout(),
         cfg.command_stream_max_len,
     );
+    tokio::spawn(pipeline.clone().watch_backlog(cancel.clone()));
     let hub = Arc::new(ws::hub::Hub::new());
     let bus = bus::Bus::start(
         &cfg.redis_url,

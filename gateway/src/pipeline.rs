@@ -1,17 +1,19 @@
 //! Submitting commands and waiting for their replies.
 //!
 //! [`Pipeline::submit`] registers a waiter under a fresh command id, appends the command to
-//! `confab:commands` (refusing with 503 when the backlog is at `COMMAND_STREAM_MAX_LEN`, so
-//! the stream stays bounded), and waits up to `REQUEST_TIMEOUT_MS` for the persistence
-//! worker's reply, which arrives on this gateway's reply channel ([`crate::bus`]).
+//! `confab:commands` with a plain `XADD`, and waits up to `REQUEST_TIMEOUT_MS` for the
+//! persistence worker's reply, which arrives on this gateway's reply channel ([`crate::bus`]).
+//! A monitor ([`Pipeline::watch_backlog`]) reads the stream's length every 100 ms; while it is
+//! at `COMMAND_STREAM_MAX_LEN` new commands are refused with 503, so the stream stays bounded
+//! (acknowledged entries are trimmed every second by the workers).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_shared::commands::{Command, CommandEnvelope, COMMAND_FIELD};
 use confab_shared::keys;
-use confab_shared::scripting::Lua;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,12 +22,6 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 
 use crate::rest::errors::ApiError;
-
-/// `XADD` unless the backlog is full. KEYS[1] stream; ARGV[1] cap, ARGV[2] field, ARGV[3] payload.
-const ENQUEUE: &str = r#"
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
-"#;
 
 /// A persistence worker's answer, with the REST body passed through untouched.
 #[derive(Debug, Deserialize)]
@@ -42,7 +38,7 @@ pub struct Pipeline {
     conn: ConnectionManager,
     gateway_id: Arc<str>,
     waiters: Waiters,
-    enqueue: Arc<Lua>,
+    overloaded: Arc<AtomicBool>,
     timeout: Duration,
     max_backlog: u64,
 }
@@ -58,7 +54,7 @@ impl Pipeline {
             conn,
             gateway_id: gateway_id.into(),
             waiters: Arc::default(),
-            enqueue: Arc::new(Lua::new(ENQUEUE)),
+            overloaded: Arc::default(),
             timeout,
             max_backlog,
         }
@@ -80,6 +76,35 @@ impl Pipeline {
             .and_then(|mut w| w.remove(&reply.id));
         if let Some(tx) = waiter {
             let _ = tx.send(reply);
+        }
+    }
+
+    /// Keeps the overload flag current until `cancel` fires.
+    pub async fn watch_backlog(self, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut conn = self.conn.clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let len: redis::RedisResult<u64> = redis::cmd("XLEN")
+                .arg(keys::COMMANDS_STREAM)
+                .query_async(&mut conn)
+                .await;
+            if let Ok(len) = len {
+                let full = len >= self.max_backlog;
+                if full != self.overloaded.swap(full, Ordering::Relaxed) {
+                    if full {
+                        tracing::warn!(
+                            backlog = len,
+                            "command backlog full: refusing writes with 503"
+                        );
+                    } else {
+                        tracing::info!(backlog = len, "command backlog below its cap again");
+                    }
+                }
+            }
         }
     }
 
@@ -115,23 +140,27 @@ impl Pipeline {
             timeout: self.timeout,
         };
         let mut conn = self.conn.clone();
-        let added: Option<String> = self
-            .enqueue
-            .run(
-                &mut conn,
-                &[keys::COMMANDS_STREAM],
-                &[self.max_backlog.to_string(), COMMAND_FIELD.into(), payload],
-            )
+        if self.overloaded.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many commands are waiting to be processed; try again shortly",
+            ));
+        }
+        let added: Option<String> = redis::cmd("XADD")
+            .arg(keys::COMMANDS_STREAM)
+            .arg("*")
+            .arg(COMMAND_FIELD)
+            .arg(payload)
+            .query_async(&mut conn)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot append a command");
                 ApiError::unavailable("The message queue is unreachable; try again")
             })?;
         if added.is_none() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Too many commands are waiting to be processed; try again shortly",
+            return Err(ApiError::unavailable(
+                "The message queue did not accept the command; try again",
             ));
         }
         Ok(pending)

@@ -170,6 +170,15 @@ impl Store {
             .await
     }
 
+    /// Whether the conversation still exists (the kind cache outlives expired ones).
+    pub async fn exists(&self, id: Uuid) -> RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(keys::conv_meta(&id))
+            .query_async(&mut conn)
+            .await
+    }
+
     /// The newest eventId of a conversation (0 when it has none or does not exist).
     pub async fn last_event_id(&self, id: Uuid) -> RedisResult<u64> {
         let mut conn = self.conn.clone();

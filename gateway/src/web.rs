@@ -57,7 +57,18 @@ pub fn routes(dir: PathBuf) -> impl Filter<Extract = (Response,), Error = Reject
                     }
                 }
             });
-    files.or(fallback).unify()
+    // Backend paths are never the web client's, whatever the method: their 404 must not turn
+    // into this route's 405.
+    let not_backend = warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            if is_backend_path(path.as_str()) {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one();
+    not_backend.and(files.or(fallback).unify())
 }
 
 #[cfg(test)]

@@ -353,7 +353,8 @@ pub async fn group_exists(
     }
 }
 
-/// Removes entries that every group has delivered and acknowledged. Returns how many went.
+/// Removes entries that every group has delivered and acknowledged (exactly, not `~`: the
+/// backlog cap counts `XLEN`, so acknowledged entries must really go). Returns how many went.
 pub async fn trim_consumed(conn: &mut ConnectionManager, stream: &str) -> RedisResult<u64> {
     let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
         .arg("GROUPS")
@@ -397,7 +398,6 @@ pub async fn trim_consumed(conn: &mut ConnectionManager, stream: &str) -> RedisR
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MINID")
-        .arg("~")
         .arg(format!("{ms}-{seq}"))
         .query_async(conn)
         .await

@@ -1,10 +1,12 @@
 //! The cleanup role: deletes conversations after their inactivity timeout.
 //!
-//! Every write moves a conversation's deadline in the `confab:activity` sorted set. Each
-//! cleanup replica polls the due part of that set every `POLL` and runs `expire.lua` on each
-//! due conversation; the script re-checks the deadline stored with the conversation (activity
-//! may have moved it) and deletes every key atomically, so with any number of replicas each
-//! conversation is deleted — and `conversation_expired` published — exactly once.
+//! Creating a conversation puts its deadline in the `confab:activity` sorted set; activity
+//! moves the real deadline (stored with the conversation) later without touching the index.
+//! Each cleanup replica polls the due part of the index every `POLL` and runs `expire.lua` on
+//! each due conversation; the script re-checks the stored deadline — if activity moved it, the
+//! index entry is moved too — and otherwise deletes every key atomically, so with any number
+//! of replicas each conversation is deleted — and `conversation_expired` published — exactly
+//! once.
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //!
 //! Each batch is applied with one pipelined round trip of `EVALSHA apply.lua` calls — one
 //! atomic script per command, in stream order — and a second round trip carrying the side
-//! effects: replies to the waiting gateways, the cleanup index, users' chat lists,
+//! effects: replies to the waiting gateways, the cleanup index (on creation), users' chat lists,
 //! `conversation_added` notices and completion jobs. Only then are the entries acknowledged
 //! (by the runner). A redelivered command finds its id in the conversation's `applied` hash
 //! and only re-sends its reply; the side effects are idempotent.
@@ -234,7 +234,9 @@ impl Persistence {
                 .arg(reply)
                 .ignore();
         }
-        if applied.deadline > 0 {
+        // Only creation indexes the deadline: activity moves it later, and a cleanup worker that
+        // finds a conversation not yet due re-indexes it from the deadline stored with it.
+        if applied.deadline > 0 && matches!(env.command, Command::CreateConversation { .. }) {
             pipe.cmd("ZADD")
                 .arg(keys::ACTIVITY_INDEX)
                 .arg(applied.deadline)

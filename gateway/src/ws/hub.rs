@@ -34,6 +34,9 @@ pub struct Header {
     pub username: Option<String>,
     #[serde(default)]
     pub token_hash: Option<String>,
+    /// `<gateway>:<connection>` that produced an ephemeral event (typing).
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 /// What a connection's task receives from the hub.
@@ -171,10 +174,20 @@ impl Hub {
             tracing::debug!(%channel, "ignoring a payload that is not an event");
             return;
         };
-        let shared = Arc::new(Published {
-            payload: text.to_string(),
-            header,
-        });
+        // The origin tag is for routing only: clients get the event without it.
+        let payload = match header.from {
+            Some(_) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(mut v) => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("from");
+                    }
+                    v.to_string()
+                }
+                Err(_) => return,
+            },
+            None => text.to_string(),
+        };
+        let shared = Arc::new(Published { payload, header });
         let targets: Vec<ConnHandle> = match self.channels.lock() {
             Ok(c) => c
                 .get(channel)

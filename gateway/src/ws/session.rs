@@ -216,6 +216,11 @@ where
 }
 
 impl Conn {
+    /// This connection's id across all gateways.
+    fn origin(&self) -> String {
+        format!("{}:{}", self.state.gateway_id, self.id)
+    }
+
     fn me(&self) -> Option<&str> {
         self.session.as_ref().map(|s| s.username.as_str())
     }
@@ -292,6 +297,9 @@ impl Conn {
         let kind = self.access(id, reference.clone()).await?;
         let unavailable =
             |_| FrameError::new("unavailable", "Try again shortly").with_ref(reference.clone());
+        if !self.state.store.exists(id).await.map_err(unavailable)? {
+            return Err(FrameError::new("not_found", "Conversation not found").with_ref(reference));
+        }
         let ch = keys::conv_channel(&id);
         self.state.hub.join(&ch, self.id, self.handle.clone());
         self.state.bus.sync(ch).await.map_err(unavailable)?;
@@ -447,11 +455,11 @@ impl Conn {
                 _ => "guest".to_string(),
             },
         };
-        let ev = confab_shared::events::Event::Typing {
-            conversation_id: id,
-            username,
-        }
-        .to_json();
+        let mut ev =
+            serde_json::json!({"type": "typing", "conversationId": id, "username": username});
+        // Tagged with its origin so the typist's own session skips it.
+        ev["from"] = self.origin().into();
+        let ev = ev.to_string();
         let mut conn = self.state.store.conn();
         let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
             .arg(keys::conv_channel(&id))
@@ -528,9 +536,7 @@ impl Conn {
                 }
             }
             "typing" => {
-                let mine = self
-                    .me()
-                    .is_some_and(|me| h.username.as_deref() == Some(me));
+                let mine = h.from.as_deref() == Some(self.origin().as_str());
                 match h.conversation_id {
                     Some(id) if self.subs.contains_key(&id) && !mine => vec![payload.to_string()],
                     _ => Vec::new(),

@@ -134,10 +134,19 @@ impl Answerer {
                     // Another replica is answering. It answers newer messages itself when done;
                     // if it dies, its lease lapses within CLAIM_IDLE_MS and we take over here.
                     match self.op(id, &["status"]).await {
-                        Ok(v) if v.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(0) => {
+                        Ok(v)
+                            if v.first()
+                                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                                == Some(0) =>
+                        {
                             return Disposition::Ack
                         }
-                        Ok(v) if v.get(1).and_then(|x| redis::from_redis_value_ref::<u64>(x).ok()).unwrap_or(0) >= job.up_to_event => {
+                        Ok(v)
+                            if v.get(1)
+                                .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
+                                .unwrap_or(0)
+                                >= job.up_to_event =>
+                        {
                             return Disposition::Ack
                         }
                         _ => {}

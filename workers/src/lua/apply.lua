@@ -22,11 +22,12 @@ local function not_found()
 end
 
 -- Bumps the activity deadline and the keys' own TTL (the safety net without cleanup workers).
-local function touch(now)
-  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+-- The answer key keeps its own TTL (see answer.lua); the members set exists only in member chats.
+local function touch(now, ttl, member)
   local deadline = now + ttl
   redis.call('HSET', KEYS[1], 'last', now, 'deadline', deadline)
-  for i = 1, 7 do
+  local last = member and 6 or 5
+  for i = 1, last do
     redis.call('PEXPIRE', KEYS[i], ttl + grace)
   end
   return deadline
@@ -63,14 +64,19 @@ if kind == 'create' then
   end
   local body = '{"conversationId":"' .. cid .. '"}'
   redis.call('HSET', KEYS[5], cmd, body)
-  local deadline = touch(now)
+  local deadline = touch(now, tonumber(ARGV[7]), ckind == 'member')
   return { 201, body, 0, tonumber(ARGV[10]), ckind, deadline }
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'kind', 'assistant')
-local ckind, assistant = meta[1], tonumber(meta[2] or '0')
+local meta = redis.call('HMGET', KEYS[1], 'kind', 'assistant', 'ttl')
+local ckind, assistant, ttl = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
 if not ckind then
   return not_found()
+end
+local member = ckind == 'member'
+-- Records the reply under the command id, unless this command was applied before.
+local function first_time(body)
+  return redis.call('HSETNX', KEYS[5], cmd, body) == 1
 end
 
 if kind == 'send' then
@@ -78,27 +84,29 @@ if kind == 'send' then
   -- worker)  ARGV[10] max messages  ARGV[11] '1' if a person wrote it  ARGV[12] for an assistant
   -- reply: the newest human eventId it answers ('' otherwise)  ARGV[13] assistant_done event JSON or ''
   local actor = ARGV[9]
-  if ckind == 'member' and actor ~= 'assistant' and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
+  if member and actor ~= 'assistant' and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
     return not_found()
   end
-  local prev = redis.call('HGET', KEYS[5], cmd)
-  if prev then
-    return { 201, prev, 0, 0, ckind, 0 }
-  end
+  local mid = ARGV[7]
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[10]) then
+    local prev = redis.call('HGET', KEYS[5], cmd)
+    if prev then
+      return { 201, prev, 0, 0, ckind, 0 }
+    end
     if ARGV[12] ~= '' then
       redis.call('HSET', KEYS[1], 'aseq', ARGV[12])
     end
     return err(409, 'conversation_full', 'This conversation already holds the maximum of ' .. ARGV[10] .. ' messages')
   end
-  local mid = ARGV[7]
+  local body = '{"message":"Message added successfully","messageId":"' .. mid .. '"}'
+  if not first_time(body) then
+    return { 201, body, 0, 0, ckind, 0 }
+  end
   local seq = redis.call('HINCRBY', KEYS[1], 'mseq', 1)
   redis.call('ZADD', KEYS[2], seq, mid)
   redis.call('HSET', KEYS[3], mid, ARGV[8])
-  local body = '{"message":"Message added successfully","messageId":"' .. mid .. '"}'
-  redis.call('HSET', KEYS[5], cmd, body)
   local eid = emit('message', '"message":' .. ARGV[8])
-  if ARGV[11] == '1' then
+  if ARGV[11] == '1' and assistant == 1 then
     redis.call('HSET', KEYS[1], 'hseq', eid)
   end
   if ARGV[12] ~= '' then
@@ -110,14 +118,14 @@ if kind == 'send' then
   if ARGV[13] ~= '' then
     redis.call('PUBLISH', channel, ARGV[13])
   end
-  local deadline = touch(now_ms())
+  local deadline = touch(now_ms(), ttl, member)
   return { 201, body, eid, assistant, ckind, deadline }
 end
 
 if kind == 'delete' then
   -- ARGV[7] message id  ARGV[8] actor
   local mid, actor = ARGV[7], ARGV[8]
-  if ckind == 'member' and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
+  if member and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
     return not_found()
   end
   local prev = redis.call('HGET', KEYS[5], cmd)
@@ -128,7 +136,7 @@ if kind == 'delete' then
   if not stored then
     return err(404, 'not_found', 'Message not found')
   end
-  if ckind == 'member' then
+  if member then
     local ok, msg = pcall(cjson.decode, stored)
     if ok and msg.sender ~= actor then
       return err(403, 'forbidden', 'Only the author can delete a message')
@@ -139,7 +147,7 @@ if kind == 'delete' then
   local body = '{"message":"Message deleted successfully"}'
   redis.call('HSET', KEYS[5], cmd, body)
   local eid = emit('message_deleted', '"messageId":"' .. mid .. '"')
-  local deadline = touch(now_ms())
+  local deadline = touch(now_ms(), ttl, member)
   return { 200, body, eid, 0, ckind, deadline }
 end
 
@@ -153,7 +161,7 @@ if kind == 'add_member' then
   local eid, deadline = 0, 0
   if not prev and redis.call('SADD', KEYS[6], user) == 1 then
     eid = emit('member_joined', '"username":"' .. user .. '"')
-    deadline = touch(now_ms())
+    deadline = touch(now_ms(), ttl, member)
   end
   local members = redis.call('SMEMBERS', KEYS[6])
   table.sort(members)
