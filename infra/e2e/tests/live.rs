@@ -1,4 +1,4 @@
-//! Users, member chats and the WebSocket protocol (PROTOCOL.md): sessions, privacy, fan-out
+//! Users, member chats and the WebSocket protocol (README: WebSocket protocol): sessions, privacy, fan-out
 //! across gateways, resume without gaps, resync, revocation, bad and abusive frames, slow
 //! consumers, typing, and expiry notices.
 

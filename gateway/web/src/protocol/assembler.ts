@@ -1,6 +1,6 @@
 // Assembles streamed assistant answers (assistant_delta frames) by responseId.
 //
-// Rules (PROTOCOL.md): seq starts at 0 per response. When a client subscribes
+// Rules (README: WebSocket protocol): seq starts at 0 per response. When a client subscribes
 // mid-answer, the server first sends one delta holding the whole text so far
 // whose seq is the last seq it covers, then live deltas with higher seq; any
 // seq <= the one already held is dropped. Deltas that arrive ahead of a gap

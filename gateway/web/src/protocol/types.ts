@@ -1,4 +1,4 @@
-// Wire types for the Confab protocol (see PROTOCOL.md at the repository root).
+// Wire types for the Confab protocol (see the README's WebSocket protocol section).
 
 /** Event ids are integers per the contract; strings ("<ms>-<seq>") are tolerated. */
 export type EventId = number | string;
