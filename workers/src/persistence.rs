@@ -290,8 +290,13 @@ impl Persistence {
                     conversation_id: cid,
                     up_to_event: applied.event_id,
                 };
+                // Bounded even if no completion worker ever runs: past the cap the oldest
+                // unanswered jobs go (with a live worker the backlog stays near zero).
                 pipe.cmd("XADD")
                     .arg(keys::COMPLETIONS_STREAM)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.cfg.command_stream_max_len)
                     .arg("*")
                     .arg("j")
                     .arg(serde_json::to_string(&job).unwrap_or_default())
