@@ -110,23 +110,36 @@ impl Watch {
     }
 
     pub fn section(&self, name: &str) -> Section {
+        self.measure(name).0
+    }
+
+    /// The section of [`Watch::section`] plus each readable process's figures.
+    pub fn measure(&self, name: &str) -> (Section, Vec<ProcUsage>) {
         let secs = self.at.elapsed().as_secs_f64().max(1e-9);
         let mut sec = Section::new(name);
+        let mut usages = Vec::new();
         let mut watched_ticks = 0u64;
         for (label, pid, before) in &self.procs {
             match (before, sample(pid)) {
                 (Some(b), Some(a)) => {
                     let ticks = a.cpu_ticks.saturating_sub(b.cpu_ticks);
                     watched_ticks += ticks;
+                    let u = ProcUsage {
+                        label: label.clone(),
+                        cpu_pct: ticks as f64 / TICKS_PER_SEC / secs * 100.0,
+                        rss_before_kib: b.rss_kib,
+                        rss_after_kib: a.rss_kib,
+                    };
                     sec = sec.text(
                         label,
                         format!(
                             "cpu {:.0}% of a core, VmRSS {:.1} -> {:.1} MiB",
-                            ticks as f64 / TICKS_PER_SEC / secs * 100.0,
+                            u.cpu_pct,
                             b.rss_kib as f64 / 1024.0,
                             a.rss_kib as f64 / 1024.0
                         ),
                     );
+                    usages.push(u);
                 }
                 _ => sec = sec.text(label, "not readable"),
             }
@@ -143,7 +156,25 @@ impl Watch {
                     "% of a core",
                 );
         }
-        sec
+        (sec, usages)
+    }
+}
+
+/// One watched process over the measured window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcUsage {
+    /// `loadgen`, `gateway <pid>`, `worker <pid>`, `redis <pid>`.
+    pub label: String,
+    /// CPU time over wall time, in % of one core.
+    pub cpu_pct: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+}
+
+impl ProcUsage {
+    /// VmRSS growth over the window in KiB (negative when it shrank).
+    pub fn rss_delta_kib(&self) -> f64 {
+        self.rss_after_kib as f64 - self.rss_before_kib as f64
     }
 }
 
@@ -317,6 +348,34 @@ mod tests {
     fn own_process_is_readable() {
         let s = sample("self");
         assert!(s.is_some_and(|s| s.rss_kib > 0));
+    }
+
+    #[test]
+    fn measure_reports_each_process() {
+        let mut args = Args::defaults(crate::args::Scenario::Assistant);
+        args.worker_pids = vec![std::process::id()];
+        let w = Watch::start(&args);
+        let (sec, usages) = w.measure("p");
+        let labels: Vec<&str> = usages.iter().map(|u| u.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            vec![
+                "loadgen".to_string(),
+                format!("worker {}", std::process::id())
+            ]
+        );
+        assert!(usages
+            .iter()
+            .all(|u| u.rss_after_kib > 0 && u.cpu_pct >= 0.0));
+        let u = ProcUsage {
+            label: "worker 1".into(),
+            cpu_pct: 10.0,
+            rss_before_kib: 1000,
+            rss_after_kib: 900,
+        };
+        assert_eq!(u.rss_delta_kib(), -100.0);
+        assert_eq!(sec.name, "p");
+        assert!(sec.items.iter().any(|(k, _)| k == "loadgen"));
     }
 
     #[test]

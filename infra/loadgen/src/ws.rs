@@ -55,6 +55,8 @@ pub struct Frame<'a> {
     #[serde(borrow)]
     pub delta: Option<Cow<'a, str>>,
     pub stopped: Option<bool>,
+    /// `true` on the "text so far" `assistant_delta` a gateway sends on subscribe mid-answer.
+    pub snapshot: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -165,6 +167,12 @@ mod tests {
             .unwrap_or_default();
         assert_eq!((d.seq, d.response_id.as_deref()), (Some(0), Some("r")));
         assert_eq!(d.delta.as_deref(), Some("w1"));
+        assert_eq!(d.snapshot, None);
+        let snap = parse(
+            r#"{"type":"assistant_delta","responseId":"r","seq":4,"delta":"a b","snapshot":true}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!((snap.snapshot, snap.seq), (Some(true), Some(4)));
         let done =
             parse(r#"{"type":"assistant_done","responseId":"r","usage":{"total_tokens":3}}"#);
         assert_eq!(

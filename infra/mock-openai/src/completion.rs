@@ -111,6 +111,7 @@ fn answer(
             prompt_tokens,
             cut_after: directives.cut.filter(|_| failing),
             error_after: directives.stream_error.filter(|_| failing),
+            stamp: directives.stamp,
         };
         return stream::respond(plan, guard);
     }
@@ -122,7 +123,13 @@ fn answer(
     }
     guard.log.tokens = tokens.len();
     let usage = Usage::new(prompt_tokens, tokens.len());
-    let content = tokens.concat();
+    let content = if directives.stamp {
+        // One send time for the whole (non-streamed) answer.
+        let stamp = text::stamp_token(text::now_micros());
+        stamp.repeat(tokens.len())
+    } else {
+        tokens.concat()
+    };
     guard.respond(200);
     guard.finish(Outcome::Completed);
     let body = envelope.completion(&content, finish_reason, usage);

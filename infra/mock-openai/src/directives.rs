@@ -37,6 +37,8 @@ pub struct Directives {
     pub lenient: bool,
     /// `delay_ms=N`: wait before the first byte of the response.
     pub delay_ms: Option<u64>,
+    /// `stamp`: every content token is the server's send time, `⟨t=<unix micros>⟩ `.
+    pub stamp: bool,
     /// Items that were not understood, kept for logging.
     pub unknown: Vec<String>,
 }
@@ -71,6 +73,9 @@ impl Directives {
         if self.lenient {
             parts.push("lenient".to_string());
         }
+        if self.stamp {
+            parts.push("stamp".to_string());
+        }
         if !self.unknown.is_empty() {
             // Only a count: the items are user text.
             parts.push(format!("unknown={}", self.unknown.len()));
@@ -100,6 +105,10 @@ impl Directives {
             ("stream_error", Some(v)) => set(&mut self.stream_error, v.parse().ok()),
             ("lenient", None) => {
                 self.lenient = true;
+                true
+            }
+            ("stamp", None) => {
+                self.stamp = true;
                 true
             }
             ("delay_ms" | "delay", Some(v)) => set(
@@ -174,7 +183,7 @@ mod tests {
     fn parses_all_keys_and_strips_block() {
         let (d, text) = parse(
             "Hello [[mock tps=50 tokens=200 status=429 retry_after=3 fail=2 cut=4 \
-             stream_error=5 lenient delay_ms=10]] world",
+             stream_error=5 lenient delay_ms=10 stamp]] world",
         );
         assert_eq!(d.tps, Some(50));
         assert_eq!(d.tokens, Some(200));
@@ -185,13 +194,14 @@ mod tests {
         assert_eq!(d.stream_error, Some(5));
         assert!(d.lenient);
         assert_eq!(d.delay_ms, Some(10));
+        assert!(d.stamp);
         assert!(d.unknown.is_empty());
         assert_eq!(text, "Hello  world");
         assert!(d.has_failure());
         assert_eq!(
             d.summary(),
             "tps=50 tokens=200 status=429 retry_after=3 fail=2 cut=4 stream_error=5 \
-             delay_ms=10 lenient"
+             delay_ms=10 lenient stamp"
         );
     }
 
@@ -226,6 +236,17 @@ mod tests {
         let (d, text) = parse("  plain [[mockery]] and [[mock unterminated ");
         assert!(d.is_empty());
         assert_eq!(text, "plain [[mockery]] and [[mock unterminated");
+    }
+
+    #[test]
+    fn stamp_is_a_flag() {
+        let (d, _) = parse("[[mock tps=50 tokens=100 stamp]]");
+        assert!(d.stamp && !d.has_failure());
+        assert_eq!(d.summary(), "tps=50 tokens=100 stamp");
+        // `stamp=…` is not a flag: reported as unknown, not applied.
+        let (d, _) = parse("[[mock stamp=1]]");
+        assert!(!d.stamp);
+        assert_eq!(d.unknown, vec!["stamp=1"]);
     }
 
     #[test]

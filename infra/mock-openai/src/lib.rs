@@ -36,9 +36,11 @@
 //! | `fail=N` | the failure above (`status`/`cut`/`stream_error`) hits only the first N requests with the same conversation (hash of all messages, directive included); later ones succeed. Without `fail` the failure is permanent |
 //! | `lenient` | omit `id`, `object`, `created`, `model`, `system_fingerprint` from chunks |
 //! | `delay_ms=N` | wait N ms before the first byte |
+//! | `stamp` | every content token's text is the server's wall-clock send time, `⟨t=<unix µs>⟩ ` (e.g. `⟨t=1732245600123456⟩ `, always one trailing space), taken when the chunk is handed to hyper to be written, instead of `wN ` / the demo words; the token count is unchanged (`tokens=N` → N stamps, `max_tokens` still applies). Non-streaming: every token carries the response time. [`parse_stamps`] reads them back; a client on the same machine gets model→client latency as receipt − stamp |
 //!
 //! Example: `Hello [[mock tps=50 tokens=200]]`,
-//! `[[mock status=429 retry_after=2 fail=1]]`, `[[mock cut=3]]`.
+//! `[[mock status=429 retry_after=2 fail=1]]`, `[[mock cut=3]]`,
+//! `[[mock tps=50 tokens=100 stamp]]`.
 //!
 //! ## Streaming format
 //! `Content-Type: text/event-stream`; each event is `data: {json}\n\n`:
@@ -69,7 +71,10 @@ pub use config::{MockConfig, DEFAULT_TOKENS_PER_SEC, DEMO_MODEL};
 pub use directives::Directives;
 pub use server::{run, MockServer};
 pub use stats::StatsSnapshot;
-pub use text::{demo_reply, numbered_reply, tokenize};
+pub use text::{
+    demo_reply, now_micros, numbered_reply, parse_stamps, stamp_token, tokenize, STAMP_CLOSE,
+    STAMP_OPEN,
+};
 pub use wire::SYSTEM_FINGERPRINT;
 
 /// Builds a directive block, e.g. `directive("cut=3 fail=1")` →

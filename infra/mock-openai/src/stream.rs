@@ -4,6 +4,11 @@
 //! [`tokio::time::Interval`] and pushes them through a small channel to the
 //! HTTP body. When the client disconnects, hyper drops the body, the
 //! channel closes and the producer stops at once (counted as `aborted`).
+//!
+//! With `stamp`, the producer sends [`Frame::Stamp`] placeholders and the
+//! chunk is rendered when the body is polled, i.e. when hyper is about to
+//! write it: the token's `⟨t=<unix micros>⟩` is the send time, not the time
+//! the chunk was queued.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,6 +24,7 @@ use warp::Reply;
 
 use crate::errors::stream_error_event;
 use crate::stats::{Outcome, RequestGuard};
+use crate::text::{now_micros, stamp_token};
 use crate::wire::{Envelope, Usage};
 
 /// Pause before `cut` so the chunks already sent are flushed first.
@@ -40,11 +46,15 @@ pub struct StreamPlan {
     pub cut_after: Option<usize>,
     /// `stream_error=K`: send an error event after K content chunks.
     pub error_after: Option<usize>,
+    /// `stamp`: each content token is replaced by its send time.
+    pub stamp: bool,
 }
 
 enum Frame {
     /// A `data:` payload (JSON or `[DONE]`).
     Data(String),
+    /// A content chunk whose token is the wall-clock time it is handed to hyper.
+    Stamp,
     /// Abort the connection without finishing the chunked body.
     Cut,
 }
@@ -63,6 +73,8 @@ impl std::error::Error for CutError {}
 
 struct FrameStream {
     rx: mpsc::Receiver<Frame>,
+    /// Renders [`Frame::Stamp`] (absent on the non-streaming `cut` response).
+    envelope: Option<Envelope>,
 }
 
 impl Stream for FrameStream {
@@ -74,14 +86,27 @@ impl Stream for FrameStream {
                 // warp writes `data:` + text; the leading space gives the
                 // exact OpenAI framing `data: {json}\n\n`.
                 Frame::Data(payload) => Ok(Event::default().data(format!(" {payload}"))),
+                Frame::Stamp => {
+                    let token = stamp_token(now_micros());
+                    let payload = self
+                        .envelope
+                        .as_ref()
+                        .map(|env| env.content_chunk(&token))
+                        .unwrap_or_default();
+                    Ok(Event::default().data(format!(" {payload}")))
+                }
                 Frame::Cut => Err(CutError),
             })
         })
     }
 }
 
-fn sse_response(rx: mpsc::Receiver<Frame>, request_id: &str) -> Response {
-    let mut resp = warp::sse::reply(FrameStream { rx }).into_response();
+fn sse_response(
+    rx: mpsc::Receiver<Frame>,
+    envelope: Option<Envelope>,
+    request_id: &str,
+) -> Response {
+    let mut resp = warp::sse::reply(FrameStream { rx, envelope }).into_response();
     let headers = resp.headers_mut();
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -94,7 +119,8 @@ fn sse_response(rx: mpsc::Receiver<Frame>, request_id: &str) -> Response {
 pub fn respond(plan: StreamPlan, mut guard: RequestGuard) -> Response {
     guard.respond(200);
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let resp = sse_response(rx, &plan.envelope.id);
+    let envelope = plan.stamp.then(|| plan.envelope.clone());
+    let resp = sse_response(rx, envelope, &plan.envelope.id);
     tokio::spawn(async move {
         let mut sent = 0;
         let outcome = produce(&plan, &tx, &mut sent).await;
@@ -112,7 +138,7 @@ pub fn cut_json_response(mut guard: RequestGuard, request_id: &str) -> Response 
     let (tx, rx) = mpsc::channel(1);
     // The receiver is alive and the channel empty, so this cannot fail.
     let _ = tx.try_send(Frame::Cut);
-    let mut resp = sse_response(rx, request_id);
+    let mut resp = sse_response(rx, None, request_id);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -180,7 +206,12 @@ async fn produce(plan: &StreamPlan, tx: &mpsc::Sender<Frame>, sent: &mut usize) 
         let Some(token) = plan.tokens.get(i) else {
             break;
         };
-        if !pacer.wait(tx).await || !send(tx, env.content_chunk(token)).await {
+        let sent_ok = if plan.stamp {
+            pacer.wait(tx).await && tx.send(Frame::Stamp).await.is_ok()
+        } else {
+            pacer.wait(tx).await && send(tx, env.content_chunk(token)).await
+        };
+        if !sent_ok {
             return Outcome::Pending;
         }
         *sent += 1;
@@ -198,4 +229,65 @@ async fn produce(plan: &StreamPlan, tx: &mpsc::Sender<Frame>, sent: &mut usize) 
         return Outcome::Pending;
     }
     Outcome::Completed
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::text::parse_stamps;
+
+    /// The stamp is taken when the body is polled (about to be written), not when queued.
+    #[tokio::test]
+    async fn stamp_frames_carry_the_poll_time() {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let envelope = Envelope::new("m", false, false);
+        let mut stream = FrameStream {
+            rx,
+            envelope: Some(envelope),
+        };
+        for _ in 0..3 {
+            tx.send(Frame::Stamp).await.unwrap();
+        }
+        tx.send(Frame::Data("[DONE]".into())).await.unwrap();
+        drop(tx);
+        let queued_at = now_micros();
+        let mut stamps = Vec::new();
+        let mut polled_at = Vec::new();
+        let mut other = Vec::new();
+        while let Some(item) = stream.next().await {
+            let text = item.unwrap().to_string();
+            polled_at.push(now_micros());
+            let found = parse_stamps(&text);
+            if found.is_empty() {
+                other.push(text);
+            } else {
+                let json: serde_json::Value =
+                    serde_json::from_str(text.trim().strip_prefix("data:").unwrap().trim())
+                        .unwrap();
+                let content = json["choices"][0]["delta"]["content"].as_str().unwrap();
+                assert_eq!(parse_stamps(content), found);
+                assert!(content.ends_with("\u{27e9} "), "{content:?}");
+                stamps.extend(found);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(other.len(), 1, "{other:?}");
+        assert!(other[0].contains("[DONE]"));
+        assert_eq!(stamps.len(), 3);
+        // Each stamp lies between the previous read and its own, so they were taken at poll
+        // time (5 ms apart), not all at queueing time.
+        assert!(stamps[0] >= queued_at);
+        for i in 0..3 {
+            assert!(stamps[i] <= polled_at[i]);
+            if i > 0 {
+                assert!(
+                    stamps[i] >= polled_at[i - 1] + 4_000,
+                    "{stamps:?} {polled_at:?}"
+                );
+            }
+        }
+    }
 }

@@ -5,6 +5,13 @@
 //! characters (the whitespace goes with the last piece). Leading whitespace
 //! belongs to the first token. Concatenating the tokens gives back the text.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Opening of a `stamp` token: `⟨t=<unix micros>⟩ `.
+pub const STAMP_OPEN: &str = "\u{27e8}t=";
+/// Closing of a `stamp` token (followed by one space).
+pub const STAMP_CLOSE: &str = "\u{27e9}";
+
 /// Longest run of non-whitespace characters in one token.
 pub const MAX_PIECE_CHARS: usize = 8;
 /// Longest echo of the user's message in the demo reply, in characters.
@@ -58,6 +65,36 @@ pub fn numbered_reply(n: usize) -> String {
         }
         out.push('w');
         out.push_str(&i.to_string());
+    }
+    out
+}
+
+/// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The text of one `stamp` token: `⟨t=<micros>⟩ ` (always with one trailing space, so
+/// concatenated tokens stay separate words).
+pub fn stamp_token(micros: u64) -> String {
+    format!("{STAMP_OPEN}{micros}{STAMP_CLOSE} ")
+}
+
+/// Every `⟨t=<micros>⟩` stamp in `text`, in order (malformed ones are skipped).
+pub fn parse_stamps(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(STAMP_OPEN) {
+        rest = &rest[at + STAMP_OPEN.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && rest[digits..].starts_with(STAMP_CLOSE) {
+            if let Ok(v) = rest[..digits].parse() {
+                out.push(v);
+            }
+        }
     }
     out
 }
@@ -158,6 +195,22 @@ mod tests {
             assert_eq!(count_tokens(&numbered_reply(n)), n);
         }
         assert_eq!(numbered_reply(3), "w1 w2 w3");
+    }
+
+    #[test]
+    fn stamp_tokens_round_trip() {
+        let t = stamp_token(1_732_245_600_123_456);
+        assert_eq!(t, "\u{27e8}t=1732245600123456\u{27e9} ");
+        let joined = [
+            t.clone(),
+            stamp_token(7),
+            "noise \u{27e8}t=x\u{27e9} ".into(),
+            stamp_token(9),
+        ]
+        .concat();
+        assert_eq!(parse_stamps(&joined), vec![1_732_245_600_123_456, 7, 9]);
+        assert_eq!(parse_stamps("w1 w2 \u{27e8}t=12"), Vec::<u64>::new());
+        assert!(now_micros() > 1_600_000_000_000_000);
     }
 
     #[test]

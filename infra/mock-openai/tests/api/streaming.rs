@@ -259,3 +259,90 @@ async fn holds_200_concurrent_paced_streams() {
     let stats = wait_stats(&server, |s| s.completed == 200).await;
     assert_eq!((stats.aborted, stats.in_flight), (0, 0));
 }
+
+#[tokio::test]
+async fn stamp_tokens_carry_the_send_time() {
+    use futures::StreamExt;
+    use mock_openai::{now_micros, parse_stamps, stamp_token};
+
+    let server = start(MockConfig::fast()).await;
+    let resp = post(
+        &server,
+        &body("time me [[mock tps=50 tokens=20 stamp]]", true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // (stamp, receipt) per complete event, both wall-clock microseconds.
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut buf = String::new();
+    let mut raw = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let received = now_micros();
+        let piece = std::str::from_utf8(&piece.expect("no error"))
+            .unwrap()
+            .to_string();
+        raw.push_str(&piece);
+        buf.push_str(&piece);
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            seen.extend(parse_stamps(&event).into_iter().map(|s| (s, received)));
+        }
+    }
+    let chunks = json_events(&events(&raw));
+    assert_eq!(content_chunks(&chunks), 20);
+    let content = content_of(&chunks);
+    let stamps: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(parse_stamps(&content), stamps);
+    // Every token is exactly one stamp token; nothing of `wN` is left.
+    let rebuilt: String = stamps.iter().map(|s| stamp_token(*s)).collect();
+    assert_eq!(content, rebuilt);
+    assert!(!content.contains('w'));
+    assert_eq!(stamps.len(), 20);
+    // Paced at 50/s: stamps increase by about 20 ms.
+    for w in stamps.windows(2) {
+        assert!(w[1] > w[0] + 10_000, "{stamps:?}");
+        assert!(w[1] < w[0] + 200_000, "{stamps:?}");
+    }
+    // Each stamp is at most its receipt time and close to it (same machine, loopback).
+    for (stamp, received) in &seen {
+        assert!(stamp <= received, "stamp {stamp} after receipt {received}");
+        assert!(
+            received - stamp < 50_000,
+            "{}µs in flight",
+            received - stamp
+        );
+    }
+}
+
+#[tokio::test]
+async fn stamp_respects_max_tokens_and_non_streaming() {
+    use mock_openai::{now_micros, parse_stamps};
+
+    let server = start(MockConfig::fast()).await;
+    let mut b = body("[[mock tokens=30 stamp]]", true);
+    b["max_tokens"] = json!(5);
+    let (pieces, _) = read_all(post(&server, &b).await).await;
+    let chunks = json_events(&events(&text_of(&pieces)));
+    assert_eq!(parse_stamps(&content_of(&chunks)).len(), 5);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+
+    // The demo reply keeps its token count, each token replaced by a stamp.
+    let (pieces, _) = read_all(post(&server, &body("hi [[mock stamp]]", true)).await).await;
+    let chunks = json_events(&events(&text_of(&pieces)));
+    let n = content_chunks(&chunks);
+    assert!((60..=120).contains(&n), "{n}");
+    assert_eq!(parse_stamps(&content_of(&chunks)).len(), n);
+
+    let before = now_micros();
+    let resp = post(&server, &body("[[mock tokens=4 stamp]]", false)).await;
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let stamps = parse_stamps(content);
+    assert_eq!(stamps.len(), 4);
+    assert!(stamps.iter().all(|s| *s >= before && *s <= now_micros()));
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+}
