@@ -28,12 +28,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start NAME command... — runs in the background, logs to $LOGS/NAME.log, prints the pid.
+# start NAME command... — runs in the background, logs to $LOGS/NAME.log; its pid is $LAST.
+# (Not called through $(…): a subshell would lose the pid list that cleanup relies on.)
+LAST=
 start() {
   local name=$1; shift
   "$@" >"$LOGS/$name.log" 2>&1 &
-  PIDS+=($!)
-  echo $!
+  LAST=$!
+  PIDS+=("$LAST")
 }
 
 wait_http() {
@@ -57,8 +59,14 @@ stop_all() {
 }
 
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=warn
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 fresh_redis() {
-  REDIS_PID=$(start redis redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --maxclients 20000)
+  for port in $REDIS_PORT ${GW_A##*:} ${GW_B##*:} ${MOCK##*:}; do
+    for _ in $(seq 1 50); do port_free "$port" && break; sleep 0.1; done
+    port_free "$port" || { echo "bench: port $port is in use; stop what holds it" >&2; exit 1; }
+  done
+  start redis redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --maxclients 20000
+  REDIS_PID=$LAST
   for _ in $(seq 1 50); do
     (exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null && return 0
     sleep 0.1
@@ -74,33 +82,44 @@ for scenario in $SCENARIOS; do
   fresh_redis
   case $scenario in
     rest)
-      GW=$(GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway")
-      WP=$(start persistence "$BIN/workers" persistence)
+      GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway"
+      GW=$LAST
+      start persistence "$BIN/workers" persistence
+      WP=$LAST
       wait_http $GW_A
       "$BIN/loadgen" rest --url "http://$GW_A" --clients 64 --duration "$DURATION" \
         --redis-url "$REDIS_URL" --gateway-pid "$GW" --worker-pid "$WP" --redis-pid "$REDIS_PID" --json "$OUT/rest.json"
       ;;
     fanout)
-      GA=$(GATEWAY_ADDR=$GW_A start gateway-a "$BIN/gateway")
-      GB=$(GATEWAY_ADDR=$GW_B start gateway-b "$BIN/gateway")
-      WP=$(start persistence "$BIN/workers" persistence)
+      GATEWAY_ADDR=$GW_A start gateway-a "$BIN/gateway"
+      GA=$LAST
+      GATEWAY_ADDR=$GW_B start gateway-b "$BIN/gateway"
+      GB=$LAST
+      start persistence "$BIN/workers" persistence
+      WP=$LAST
       wait_http $GW_A; wait_http $GW_B
       "$BIN/loadgen" fanout --url "http://$GW_A" --url "http://$GW_B" --connections 2000 --members 10 --rate 4000 \
         --duration "$DURATION" --gateway-pid "$GA" --gateway-pid "$GB" --worker-pid "$WP" --redis-pid "$REDIS_PID" \
         --redis-url "$REDIS_URL" --json "$OUT/fanout.json"
       ;;
     hold)
-      GA=$(GATEWAY_ADDR=$GW_A WS_MAX_CONNECTIONS_PER_USER=20000 start gateway-a "$BIN/gateway")
-      WP=$(start persistence "$BIN/workers" persistence)
+      GATEWAY_ADDR=$GW_A WS_MAX_CONNECTIONS_PER_USER=20000 start gateway-a "$BIN/gateway"
+      GA=$LAST
+      start persistence "$BIN/workers" persistence
+      WP=$LAST
       wait_http $GW_A
       "$BIN/loadgen" fanout --url "http://$GW_A" --connections 10000 --members 10 --rate 0 --duration 5s \
         --gateway-pid "$GA" --json "$OUT/hold.json"
       ;;
     assistant)
-      MP=$(MOCK_OPENAI_ADDR=$MOCK MOCK_TOKENS_PER_SEC=50 start mock "$BIN/mock-openai")
-      GW=$(GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway")
-      WP=$(start persistence "$BIN/workers" persistence)
-      WC=$(OPENAI_BASE_URL=http://$MOCK/v1 OPENAI_API_KEY=bench start completion "$BIN/workers" completion)
+      MOCK_OPENAI_ADDR=$MOCK MOCK_TOKENS_PER_SEC=50 start mock "$BIN/mock-openai"
+      MP=$LAST
+      GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway"
+      GW=$LAST
+      start persistence "$BIN/workers" persistence
+      WP=$LAST
+      OPENAI_BASE_URL=http://$MOCK/v1 OPENAI_API_KEY=bench start completion "$BIN/workers" completion
+      WC=$LAST
       wait_http $GW_A
       "$BIN/loadgen" assistant --url "http://$GW_A" --streams 200 --tps 50 --tokens 100 --duration "$DURATION" \
         --worker-pid "$WC" --gateway-pid "$GW" --json "$OUT/assistant.json"

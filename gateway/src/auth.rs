@@ -35,6 +35,60 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for password hashing. glibc keeps an arena per thread that ever
+/// allocated: hashing on tokio's growing blocking pool left ~20 MiB behind in each of dozens of
+/// threads (gateways at 500–900 MB after a sign-in burst); a few long-lived threads reuse theirs.
+#[derive(Clone)]
+struct Hasher {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Hasher {
+    fn start(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a hashing thread");
+            }
+        }
+        Self { jobs: tx }
+    }
+
+    /// Runs `f` on a hashing thread and awaits its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, &'static str> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let jobs = self.jobs.clone();
+        // `send` blocks only when 1024 hashes are queued: do that wait off the async threads.
+        tokio::task::spawn_blocking(move || jobs.send(job))
+            .await
+            .map_err(|_| "hashing queue failed")?
+            .map_err(|_| "hashing threads stopped")?;
+        rx.await.map_err(|_| "hashing thread dropped the job")
+    }
+}
+
 fn new_salt() -> Result<SaltString, argon2::password_hash::Error> {
     SaltString::encode_b64(&rand::random::<[u8; 16]>())
 }
@@ -47,9 +101,9 @@ fn new_token() -> String {
 #[derive(Clone)]
 pub struct Auth {
     conn: ConnectionManager,
-    /// argon2id needs ~19 MiB per hash: at most this many run at once, so a burst of sign-ups
-    /// cannot balloon the gateway's memory (and it leaves cores for everything else).
-    hashing: std::sync::Arc<tokio::sync::Semaphore>,
+    /// argon2id needs ~19 MiB per hash: hashes run on a few dedicated threads, so a burst of
+    /// sign-ins neither balloons the gateway's memory nor starves its async workers.
+    hashing: Hasher,
     session_ttl_secs: u64,
     max_failures: u64,
     window_secs: u64,
@@ -62,7 +116,7 @@ impl Auth {
             .unwrap_or(2);
         Self {
             conn,
-            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(cores)),
+            hashing: Hasher::start(cores),
             session_ttl_secs: cfg.session_ttl_secs,
             max_failures: cfg.login_max_failures,
             window_secs: cfg.login_window_secs,
@@ -81,17 +135,17 @@ impl Auth {
             ));
         }
         let pw = password.to_owned();
-        let permit = self.hashing.acquire().await;
-        let hash = tokio::task::spawn_blocking(move || {
-            let salt = new_salt()?;
-            Argon2::default()
-                .hash_password(pw.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|e| ApiError::internal("hashing task failed", e))?
-        .map_err(|e| ApiError::internal("hashing a password", e))?;
-        drop(permit);
+        let hash = self
+            .hashing
+            .run(move || {
+                let salt = new_salt()?;
+                Argon2::default()
+                    .hash_password(pw.as_bytes(), &salt)
+                    .map(|h| h.to_string())
+            })
+            .await
+            .map_err(|e| ApiError::internal("hashing task failed", e))?
+            .map_err(|e| ApiError::internal("hashing a password", e))?;
         let mut conn = self.conn.clone();
         let created: bool = redis::cmd("HSETNX")
             .arg(keys::user(&name))
@@ -161,21 +215,21 @@ impl Auth {
             .await
             .map_err(|e| ApiError::internal("reading a user", e))?;
         let pw = password.to_owned();
-        let permit = self.hashing.acquire().await;
-        let ok = tokio::task::spawn_blocking(move || match stored {
-            Some(hash) => PasswordHash::new(&hash)
-                .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()),
-            None => {
-                // Same work for unknown users, so timing does not reveal which names exist.
-                if let Ok(salt) = new_salt() {
-                    let _ = Argon2::default().hash_password(pw.as_bytes(), &salt);
+        let ok = self
+            .hashing
+            .run(move || match stored {
+                Some(hash) => PasswordHash::new(&hash)
+                    .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()),
+                None => {
+                    // Same work for unknown users, so timing does not reveal which names exist.
+                    if let Ok(salt) = new_salt() {
+                        let _ = Argon2::default().hash_password(pw.as_bytes(), &salt);
+                    }
+                    false
                 }
-                false
-            }
-        })
-        .await
-        .unwrap_or(false);
-        drop(permit);
+            })
+            .await
+            .unwrap_or(false);
         if !ok {
             let mut pipe = redis::pipe();
             for s in &subjects {
