@@ -22,6 +22,11 @@ fn parse_conv_id(raw: &str) -> Result<Uuid, ApiError> {
         .ok_or_else(|| ApiError::bad_request("invalid_id", "The conversation id must be a UUID"))
 }
 
+/// Submits a command and answers with the persistence worker's status and body.
+async fn apply(state: &AppState, command: Command) -> ApiResult {
+    Ok(reply(state.pipeline.submit(command).await?))
+}
+
 fn reply(r: crate::pipeline::RawReply) -> Response {
     json_response(
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -76,7 +81,7 @@ pub async fn create(state: AppState, session: Option<Session>, body: Body) -> Ap
             }
         }
     };
-    Ok(reply(state.pipeline.submit(command).await?))
+    apply(&state, command).await
 }
 
 /// The invited usernames: normalized, without the creator, without repeats.
@@ -218,17 +223,16 @@ pub async fn send(
     let obj = body.json_object(true)?.unwrap_or_default();
     let (kind, actor) = access(&state, id, &session).await?;
     let message = build_message(&obj, kind, actor.as_deref(), state.cfg.max_message_bytes)?;
-    Ok(reply(
-        state
-            .pipeline
-            .submit(Command::SendMessage {
-                conversation_id: id,
-                message,
-                actor,
-                assistant_reply: None,
-            })
-            .await?,
-    ))
+    apply(
+        &state,
+        Command::SendMessage {
+            conversation_id: id,
+            message,
+            actor,
+            assistant_reply: None,
+        },
+    )
+    .await
 }
 
 /// `DELETE /api/conversations/:id/messages/:messageId`.
@@ -242,16 +246,15 @@ pub async fn delete(
     let message_id = domain::parse_id(&raw_mid)
         .ok_or_else(|| ApiError::bad_request("invalid_id", "The message id must be a UUID"))?;
     let (_, actor) = access(&state, id, &session).await?;
-    Ok(reply(
-        state
-            .pipeline
-            .submit(Command::DeleteMessage {
-                conversation_id: id,
-                message_id,
-                actor,
-            })
-            .await?,
-    ))
+    apply(
+        &state,
+        Command::DeleteMessage {
+            conversation_id: id,
+            message_id,
+            actor,
+        },
+    )
+    .await
 }
 
 /// `POST /api/conversations/:id/members` `{"username"}`.
@@ -305,16 +308,15 @@ pub async fn add_member(
             ),
         ));
     }
-    Ok(reply(
-        state
-            .pipeline
-            .submit(Command::AddMember {
-                conversation_id: id,
-                username,
-                actor,
-            })
-            .await?,
-    ))
+    apply(
+        &state,
+        Command::AddMember {
+            conversation_id: id,
+            username,
+            actor,
+        },
+    )
+    .await
 }
 
 /// `POST /api/conversations/:id/assistant/cancel`: stops the answer being streamed.

@@ -60,6 +60,34 @@ pub struct ConnHandle {
     pub kill: Arc<Killer>,
 }
 
+/// What became of a frame offered to a connection's queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue was full: the connection is being closed as a slow consumer (4008).
+    Killed,
+    /// The connection is already gone.
+    Gone,
+}
+
+impl ConnHandle {
+    /// Queues `msg` without waiting; a full queue closes the connection (4008) — one client
+    /// that stops reading can never make the gateway buffer without bound.
+    pub fn offer(&self, msg: Outbound) -> Offer {
+        match self.tx.try_send(msg) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kill.token.is_cancelled() {
+                    tracing::info!("closing a slow WebSocket consumer (queue full)");
+                }
+                self.kill.kill(CLOSE_SLOW_CONSUMER);
+                Offer::Killed
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Killer {
     pub token: CancellationToken,
@@ -201,29 +229,27 @@ impl Hub {
     }
 
     pub fn resync_all(&self) {
-        let all: Vec<ConnHandle> = self
-            .conns
-            .lock()
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default();
-        for h in all {
+        for h in self.all() {
             self.push(&h, Outbound::Resync);
         }
     }
 
+    fn all(&self) -> Vec<ConnHandle> {
+        self.conns
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn push(&self, h: &ConnHandle, msg: Outbound) {
-        match h.tx.try_send(msg) {
-            Ok(()) => {
+        match h.offer(msg) {
+            Offer::Queued => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !h.kill.token.is_cancelled() {
-                    self.slow_closed.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("closing a slow WebSocket consumer (queue full)");
-                }
-                h.kill.kill(CLOSE_SLOW_CONSUMER);
+            Offer::Killed => {
+                self.slow_closed.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Offer::Gone => {}
         }
     }
 
@@ -233,12 +259,7 @@ impl Hub {
 
     /// Closes every connection with `code` (shutdown).
     pub fn close_all(&self, code: u16) {
-        let all: Vec<ConnHandle> = self
-            .conns
-            .lock()
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default();
-        for h in all {
+        for h in self.all() {
             h.kill.kill(code);
         }
     }

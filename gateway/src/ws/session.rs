@@ -420,11 +420,7 @@ impl Conn {
                 Err(e) => protocol::error_frame(e.code, &e.message, reference.as_deref()),
             };
             drop(permit);
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                handle.tx.try_send(Outbound::Frame(frame))
-            {
-                handle.kill.kill(super::hub::CLOSE_SLOW_CONSUMER);
-            }
+            handle.offer(Outbound::Frame(frame));
         });
         Ok(Vec::new())
     }
