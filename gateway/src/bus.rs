@@ -9,7 +9,9 @@
 //! from the conversation's history by eventId).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, RedisResult, Value};
@@ -24,6 +26,7 @@ type SyncRequest = (String, Option<oneshot::Sender<RedisResult<()>>>);
 #[derive(Clone)]
 pub struct Bus {
     requests: mpsc::UnboundedSender<SyncRequest>,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Bus {
@@ -45,20 +48,26 @@ impl Bus {
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
             .set_automatic_resubscription()
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_max_delay(std::time::Duration::from_secs(2));
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
         let mut conn = ConnectionManager::new_with_config(client, config).await?;
         conn.subscribe(&reply_channel).await?;
         let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let down = Arc::new(AtomicBool::new(false));
         tokio::spawn(dispatch(
             push_rx,
             reply_channel,
             pipeline,
             hub.clone(),
+            down.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(reconcile(conn, req_rx, hub, cancel));
-        Ok(Self { requests: req_tx })
+        tokio::spawn(reconcile(conn, req_rx, hub, healthy.clone(), down, cancel));
+        Ok(Self {
+            requests: req_tx,
+            healthy,
+        })
     }
 
     /// Brings Redis in line with whether anyone on this gateway still needs `channel`;
@@ -69,6 +78,11 @@ impl Bus {
             return Err(closed());
         }
         rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Whether the Pub/Sub connection answered its last heartbeat (readiness).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Like [`Bus::sync`] without waiting (used on disconnect paths).
@@ -84,16 +98,38 @@ fn closed() -> redis::RedisError {
     ))
 }
 
+/// Owns the Pub/Sub connection: applies subscription changes and sends a heartbeat every
+/// second. The heartbeat is what makes the connection manager reconnect after an outage of
+/// any length (it reconnects only when asked to send); once it answers again after a
+/// disconnect, clients re-read what they missed from history.
 async fn reconcile(
     mut conn: ConnectionManager,
     mut requests: mpsc::UnboundedReceiver<SyncRequest>,
     hub: Arc<Hub>,
+    healthy: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let mut subscribed: HashSet<String> = HashSet::new();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         let (channel, done) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = heartbeat.tick() => {
+                let ok = redis::cmd("PING").query_async::<Value>(&mut conn).await.is_ok();
+                if healthy.swap(ok, Ordering::Relaxed) != ok {
+                    if ok {
+                        tracing::info!("Pub/Sub connection is back");
+                    } else {
+                        tracing::warn!("Pub/Sub connection is down; retrying every second");
+                    }
+                }
+                if ok && down.swap(false, Ordering::Relaxed) {
+                    // Resubscribed (automatic resubscription): fill what Pub/Sub lost.
+                    hub.resync_all();
+                }
+                continue;
+            }
             r = requests.recv() => match r { Some(r) => r, None => break },
         };
         let wanted = hub.wants(&channel);
@@ -120,6 +156,7 @@ async fn dispatch(
     reply_channel: String,
     pipeline: Pipeline,
     hub: Arc<Hub>,
+    down: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -142,16 +179,10 @@ async fn dispatch(
                 }
             }
             PushKind::Disconnection => {
-                tracing::warn!("Pub/Sub connection lost; reconnecting and resynchronising clients");
-                // Messages published while disconnected are gone from Pub/Sub but not from the
-                // conversations' histories: once resubscribed, clients re-read from their last eventId.
-                let hub = hub.clone();
-                tokio::spawn(async move {
-                    for wait in [1, 3] {
-                        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-                        hub.resync_all();
-                    }
-                });
+                tracing::warn!("Pub/Sub connection lost; reconnecting");
+                // Messages published meanwhile are gone from Pub/Sub but not from the
+                // conversations' histories: the heartbeat resynchronises clients once back.
+                down.store(true, Ordering::Relaxed);
             }
             _ => {}
         }

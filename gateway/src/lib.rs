@@ -95,12 +95,14 @@ pub async fn run(
     );
     tokio::spawn(pipeline.clone().watch_backlog(cancel.clone()));
     let hub = Arc::new(ws::hub::Hub::new());
+    // The bus outlives the HTTP drain: replies to requests in flight at SIGTERM still arrive.
+    let bus_stop = CancellationToken::new();
     let bus = bus::Bus::start(
         &cfg.redis_url,
         keys::reply_channel(&gateway_id),
         pipeline.clone(),
         hub.clone(),
-        cancel.clone(),
+        bus_stop.clone(),
     )
     .await
     .context("subscribing to the reply channel")?;
@@ -143,6 +145,7 @@ pub async fn run(
     {
         tracing::warn!("some WebSocket sessions did not close in time");
     }
+    bus_stop.cancel();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -180,6 +180,32 @@ impl Config {
                 return Err(ConfigError(format!("{name} must be greater than 0")));
             }
         }
+        // Upper bounds keep time arithmetic (deadlines, Instant + Duration) from overflowing.
+        const YEAR_SECS: u64 = 365 * 24 * 3600;
+        let bounded: [(&str, u64, u64); 7] = [
+            (
+                "CONVERSATION_TTL_SECS",
+                self.conversation_ttl_secs,
+                10 * YEAR_SECS,
+            ),
+            (
+                "MEMBER_CHAT_TTL_SECS",
+                self.member_chat_ttl_secs,
+                10 * YEAR_SECS,
+            ),
+            ("SESSION_TTL_SECS", self.session_ttl_secs, 10 * YEAR_SECS),
+            ("REQUEST_TIMEOUT_MS", self.request_timeout_ms, 3600 * 1000),
+            ("CLAIM_IDLE_MS", self.claim_idle_ms, 24 * 3600 * 1000),
+            ("WS_IDLE_TIMEOUT_SECS", self.ws_idle_timeout_secs, 24 * 3600),
+            ("ASSISTANT_GIVE_UP_SECS", self.assistant_give_up_secs, 3600),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(ConfigError(format!(
+                    "{name} must be at most {max} (got {value})"
+                )));
+            }
+        }
         if !(self.redis_url.starts_with("redis://")
             || self.redis_url.starts_with("rediss://")
             || self.redis_url.starts_with("unix://"))
@@ -274,6 +300,16 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("MAX_DELIVERIES"));
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected_with_the_name() {
+        let err =
+            Config::from_vars(vars(&[("WS_IDLE_TIMEOUT_SECS", "18446744073709551615")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("WS_IDLE_TIMEOUT_SECS"));
     }
 
     #[test]

@@ -173,6 +173,25 @@ async fn access(
     }
 }
 
+/// The error to answer with when a request about chat `id` is invalid: the error itself for
+/// open conversations and members, 404 for a signed-in outsider of a member chat.
+async fn hide_from_outsiders(
+    state: &AppState,
+    id: Uuid,
+    kind: Kind,
+    actor: Option<&str>,
+    err: ApiError,
+) -> ApiError {
+    match (kind, actor) {
+        (Kind::Member, Some(user)) => match state.store.is_member(id, user).await {
+            Ok(true) => err,
+            Ok(false) => ApiError::conversation_not_found(),
+            Err(e) => ApiError::internal("checking membership", e),
+        },
+        _ => err,
+    }
+}
+
 /// Validates a message for `kind`; the sender of a member chat message is always the actor.
 pub fn build_message(
     obj: &Map<String, Value>,
@@ -220,9 +239,20 @@ pub async fn send(
     body: Body,
 ) -> ApiResult {
     let id = parse_conv_id(&raw_id)?;
-    let obj = body.json_object(true)?.unwrap_or_default();
     let (kind, actor) = access(&state, id, &session).await?;
-    let message = build_message(&obj, kind, actor.as_deref(), state.cfg.max_message_bytes)?;
+    let message = body.json_object(true).and_then(|obj| {
+        build_message(
+            &obj.unwrap_or_default(),
+            kind,
+            actor.as_deref(),
+            state.cfg.max_message_bytes,
+        )
+    });
+    let message = match message {
+        Ok(m) => m,
+        // A member chat's existence is not revealed to outsiders, even by a validation error.
+        Err(e) => return Err(hide_from_outsiders(&state, id, kind, actor.as_deref(), e).await),
+    };
     apply(
         &state,
         Command::SendMessage {
@@ -265,7 +295,6 @@ pub async fn add_member(
     body: Body,
 ) -> ApiResult {
     let id = parse_conv_id(&raw_id)?;
-    let obj = body.json_object(true)?.unwrap_or_default();
     let (kind, actor) = access(&state, id, &session).await?;
     let (Kind::Member, Some(actor)) = (kind, actor) else {
         return Err(ApiError::bad_request(
@@ -273,10 +302,6 @@ pub async fn add_member(
             "Open conversations have no members",
         ));
     };
-    let raw = opt_str(&obj, "username")?
-        .ok_or_else(|| ApiError::bad_request("invalid_username", "username is required"))?;
-    let username = domain::normalize_username(raw)
-        .map_err(|_| ApiError::not_found(format!("Unknown user: {raw}")))?;
     if !state
         .store
         .is_member(id, &actor)
@@ -285,6 +310,11 @@ pub async fn add_member(
     {
         return Err(ApiError::conversation_not_found());
     }
+    let obj = body.json_object(true)?.unwrap_or_default();
+    let raw = opt_str(&obj, "username")?
+        .ok_or_else(|| ApiError::bad_request("invalid_username", "username is required"))?;
+    let username = domain::normalize_username(raw)
+        .map_err(|_| ApiError::not_found(format!("Unknown user: {raw}")))?;
     if !state
         .auth
         .unknown_users(std::slice::from_ref(&username))

@@ -17,6 +17,12 @@ pub async fn readyz(state: AppState) -> Response {
     let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
     let groups =
         streams::group_exists(&mut conn, keys::COMMANDS_STREAM, keys::PERSISTENCE_GROUP).await;
+    if !state.bus.healthy() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reason": "the Pub/Sub connection is down"}),
+        );
+    }
     match (ping, groups) {
         (Ok(_), Ok(true)) => json(
             StatusCode::OK,

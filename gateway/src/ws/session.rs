@@ -37,6 +37,8 @@ pub const CLOSE_RATE_LIMITED: u16 = 4029;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 const MAX_SENDS_IN_FLIGHT: usize = 64;
 const SESSION_CHECK: Duration = Duration::from_secs(30);
+/// A write that cannot complete for this long means the client stopped reading (4008).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Sub {
     kind: Kind,
@@ -210,7 +212,14 @@ where
     S: futures::Sink<Message> + Unpin,
 {
     tokio::select! {
-        r = sink.send(msg) => r.map_err(|_| ()),
+        r = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)) => match r {
+            Ok(r) => r.map_err(|_| ()),
+            Err(_) => {
+                // The client stopped reading and its socket buffer is full.
+                kill.kill(super::hub::CLOSE_SLOW_CONSUMER);
+                Err(())
+            }
+        },
         _ = kill.token.cancelled() => Err(()),
     }
 }
@@ -235,7 +244,17 @@ impl Conn {
             ClientFrame::Subscribe {
                 conversation_id,
                 since,
-            } => self.subscribe(conversation_id, since).await,
+            } => {
+                let result = self.subscribe(conversation_id, since).await;
+                if result.is_err() && !self.subs.contains_key(&conversation_id) {
+                    // Joined the channel but the subscription failed: do not keep listening.
+                    let ch = keys::conv_channel(&conversation_id);
+                    if self.state.hub.leave(&ch, self.id) {
+                        self.state.bus.sync_later(ch);
+                    }
+                }
+                result
+            }
             ClientFrame::Unsubscribe { conversation_id } => {
                 self.subs.remove(&conversation_id);
                 let ch = keys::conv_channel(&conversation_id);
