@@ -191,17 +191,22 @@ impl Auth {
             format!("ip:{}", client.map(|c| c.to_string()).unwrap_or_default()),
         ];
         let mut conn = self.conn.clone();
-        let counts: Vec<Option<u64>> = redis::cmd("MGET")
-            .arg(
-                subjects
-                    .iter()
-                    .map(|s| keys::login_failures(s))
-                    .collect::<Vec<_>>(),
-            )
+        // Count the attempt before checking the password: parallel guesses cannot all slip
+        // past the limit before any failure is recorded. A success takes it back.
+        let mut pipe = redis::pipe();
+        for subject in &subjects {
+            pipe.cmd("INCR").arg(keys::login_failures(subject));
+            pipe.cmd("EXPIRE")
+                .arg(keys::login_failures(subject))
+                .arg(self.window_secs)
+                .arg("NX")
+                .ignore();
+        }
+        let counts: Vec<u64> = pipe
             .query_async(&mut conn)
             .await
-            .map_err(|e| ApiError::internal("reading login failures", e))?;
-        if counts.iter().flatten().any(|&n| n >= self.max_failures) {
+            .map_err(|e| ApiError::internal("counting sign-in attempts", e))?;
+        if counts.iter().any(|&n| n > self.max_failures) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -231,16 +236,6 @@ impl Auth {
             .await
             .unwrap_or(false);
         if !ok {
-            let mut pipe = redis::pipe();
-            for s in &subjects {
-                pipe.cmd("INCR").arg(keys::login_failures(s)).ignore();
-                pipe.cmd("EXPIRE")
-                    .arg(keys::login_failures(s))
-                    .arg(self.window_secs)
-                    .arg("NX")
-                    .ignore();
-            }
-            let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -261,6 +256,9 @@ impl Auth {
             .ignore()
             .cmd("DEL")
             .arg(keys::login_failures(&subjects[0]))
+            .ignore()
+            .cmd("DECR")
+            .arg(keys::login_failures(&subjects[1]))
             .ignore()
             .query_async(&mut conn)
             .await

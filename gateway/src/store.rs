@@ -16,10 +16,10 @@ use redis::{RedisResult, Value};
 use uuid::Uuid;
 
 const KIND_CACHE_MAX: usize = 100_000;
-/// A resume replays at most this many events (the kept history is at least 1000) …
-pub const REPLAY_MAX_EVENTS: usize = 1000;
-/// … and at most this many bytes; beyond either, `subscribed` says `resync`.
-pub const REPLAY_MAX_BYTES: usize = 4 << 20;
+/// A resume replays the whole kept history (`EVENT_HISTORY_LEN`, trimmed approximately) but
+/// never more than this many bytes; beyond it `subscribed` says `resync` and the client
+/// refetches by REST — one socket cannot pin more memory than this.
+pub const REPLAY_MAX_BYTES: usize = 8 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -313,8 +313,13 @@ impl Store {
 
     /// Stored events with eventId > `since`, oldest first, and whether the client must refetch
     /// by REST instead: `since` is older than the kept history, or the replay would exceed
-    /// [`REPLAY_MAX_EVENTS`] / [`REPLAY_MAX_BYTES`].
-    pub async fn history(&self, id: Uuid, since: u64) -> RedisResult<(Vec<(u64, String)>, bool)> {
+    /// `max_events` or [`REPLAY_MAX_BYTES`].
+    pub async fn history(
+        &self,
+        id: Uuid,
+        since: u64,
+        max_events: usize,
+    ) -> RedisResult<(Vec<(u64, String)>, bool)> {
         let mut conn = self.conn.clone();
         let key = keys::conv_events(&id);
         let (first, entries): (Value, Value) = redis::pipe()
@@ -329,7 +334,7 @@ impl Store {
             .arg(format!("({since}-1"))
             .arg("+")
             .arg("COUNT")
-            .arg(REPLAY_MAX_EVENTS + 1)
+            .arg(max_events + 1)
             .query_async(&mut conn)
             .await?;
         let parse = |v: Value| -> Vec<(u64, String)> {
@@ -347,7 +352,7 @@ impl Store {
         let oldest = parse(first).first().map(|(eid, _)| *eid);
         let events = parse(entries);
         // Too much to replay over one socket: the client refetches by REST instead.
-        let too_much = events.len() > REPLAY_MAX_EVENTS
+        let too_much = events.len() > max_events
             || events.iter().map(|(_, e)| e.len()).sum::<usize>() > REPLAY_MAX_BYTES;
         let gap = too_much || matches!(oldest, Some(o) if o > since + 1);
         Ok((if too_much { Vec::new() } else { events }, gap))

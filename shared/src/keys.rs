@@ -9,7 +9,7 @@
 //! | `confab:conv:{id}:order` | sorted set | message ids scored by send order (deletes keep the others' order) |
 //! | `confab:conv:{id}:msgs` | hash | message id → message JSON |
 //! | `confab:conv:{id}:events` | stream | the last `EVENT_HISTORY_LEN` events, entry id `<eventId>-0` |
-//! | `confab:conv:{id}:applied` | hash | command id → reply, so a redelivered command is applied once |
+//! | `confab:conv:{id}:applied` | hash | command id → reply, so a redelivered command is applied once (rotates to `…:applied-old` past 2000 entries) |
 //! | `confab:conv:{id}:members` | set | usernames of a member chat |
 //! | `confab:conv:{id}:answer` | hash | the assistant's answer in progress (text so far, response id) |
 //!
@@ -48,6 +48,10 @@ pub fn conv_events(id: &Uuid) -> String {
 pub fn conv_applied(id: &Uuid) -> String {
     format!("confab:conv:{{{id}}}:applied")
 }
+/// The previous generation of `applied` (the record rotates to stay bounded).
+pub fn conv_applied_old(id: &Uuid) -> String {
+    format!("confab:conv:{{{id}}}:applied-old")
+}
 pub fn conv_members(id: &Uuid) -> String {
     format!("confab:conv:{{{id}}}:members")
 }
@@ -56,7 +60,7 @@ pub fn conv_answer(id: &Uuid) -> String {
 }
 
 /// All keys a conversation owns, in the order the Lua scripts expect them.
-pub fn conv_keys(id: &Uuid) -> [String; 7] {
+pub fn conv_keys(id: &Uuid) -> [String; 8] {
     [
         conv_meta(id),
         conv_order(id),
@@ -65,6 +69,7 @@ pub fn conv_keys(id: &Uuid) -> [String; 7] {
         conv_applied(id),
         conv_members(id),
         conv_answer(id),
+        conv_applied_old(id),
     ]
 }
 

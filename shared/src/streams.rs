@@ -192,22 +192,22 @@ impl GroupConsumer {
         Ok(fresh)
     }
 
+    /// Delivery counts of just-claimed entries: one `XPENDING stream group id id 1` each, in one
+    /// pipelined round trip (a range query would be cut short by this consumer's other entries).
     async fn delivery_counts(&mut self, claimed: &[StreamId]) -> RedisResult<HashMap<String, u64>> {
-        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
-            return Ok(HashMap::new());
-        };
-        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.cfg.stream)
-            .arg(&self.cfg.group)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(claimed.len() * 2 + 16)
-            .arg(&self.cfg.consumer)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(reply
-            .ids
+        let mut pipe = redis::pipe();
+        for entry in claimed {
+            pipe.cmd("XPENDING")
+                .arg(&self.cfg.stream)
+                .arg(&self.cfg.group)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let replies: Vec<StreamPendingCountReply> = pipe.query_async(&mut self.conn).await?;
+        Ok(replies
             .into_iter()
+            .flat_map(|r| r.ids)
             .map(|p| (p.id, p.times_delivered as u64))
             .collect())
     }

@@ -77,6 +77,11 @@ impl Persistence {
                     self.side_effects(&mut effects, &env, &applied);
                     dispositions.push((d, Disposition::Ack));
                 }
+                Err(reason) if transient(&reason) => {
+                    // Redis is out of memory, failing over or loading: retry, don't dead-letter.
+                    tracing::warn!(%reason, "transient Redis error; the command will be retried");
+                    dispositions.push((d, Disposition::Retry));
+                }
                 Err(reason) => {
                     if let Some(gw) = &env.reply_to {
                         let reply = confab_shared::commands::Reply::error(
@@ -307,6 +312,23 @@ impl Persistence {
     }
 }
 
+/// Redis errors that pass: out of memory (noeviction), a replica or failover, a busy script,
+/// loading a dataset, cluster resharding.
+fn transient(reason: &str) -> bool {
+    [
+        "OOM",
+        "READONLY",
+        "BUSY",
+        "LOADING",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+    ]
+    .iter()
+    .any(|code| reason.contains(code))
+}
+
 fn parse(d: &Delivery) -> Result<CommandEnvelope, String> {
     let raw = d
         .field(COMMAND_FIELD)
@@ -339,6 +361,47 @@ fn user_notice(cid: &Uuid) -> String {
     format!(r#"{{"type":"conversation_added","conversationId":"{cid}"}}"#)
 }
 
+/// Removes cleanup-index entries long past due whose conversation Redis already expired (no
+/// cleanup worker ran); entries of conversations that still exist stay for the cleanup workers.
+async fn forget_expired(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    let stale = confab_shared::redis_util::now_ms().saturating_sub(10 * 60 * 1000);
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys::ACTIVITY_INDEX)
+        .arg("-inf")
+        .arg(stale)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(500)
+        .query_async(conn)
+        .await?;
+    let parsed: Vec<(String, Uuid)> = ids
+        .into_iter()
+        .filter_map(|s| Uuid::parse_str(&s).ok().map(|u| (s, u)))
+        .collect();
+    if parsed.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (_, id) in &parsed {
+        pipe.cmd("EXISTS").arg(keys::conv_meta(id));
+    }
+    let exists: Vec<bool> = pipe.query_async(conn).await?;
+    let gone: Vec<&String> = parsed
+        .iter()
+        .zip(exists)
+        .filter(|(_, e)| !e)
+        .map(|((raw, _), _)| raw)
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("ZREM")
+        .arg(keys::ACTIVITY_INDEX)
+        .arg(gone)
+        .query_async(conn)
+        .await
+}
+
 /// Background upkeep run by every persistence replica: trims acknowledged commands and
 /// forgets cleanup-index entries whose keys Redis already expired (no cleanup worker ran).
 pub async fn housekeeping(
@@ -356,12 +419,8 @@ pub async fn housekeeping(
         {
             tracing::debug!(error = %e, "trimming the command stream failed");
         }
-        let stale = confab_shared::redis_util::now_ms().saturating_sub(10 * 60 * 1000);
-        let _: redis::RedisResult<()> = redis::cmd("ZREMRANGEBYSCORE")
-            .arg(keys::ACTIVITY_INDEX)
-            .arg("-inf")
-            .arg(stale)
-            .query_async(&mut conn)
-            .await;
+        if let Err(e) = forget_expired(&mut conn).await {
+            tracing::debug!(error = %e, "pruning the cleanup index failed");
+        }
     }
 }

@@ -230,6 +230,13 @@ impl Conn {
         format!("{}:{}", self.state.gateway_id, self.id)
     }
 
+    /// Events a resume may replay: the kept history, with room for approximate trimming.
+    fn replay_max(&self) -> usize {
+        usize::try_from(self.state.cfg.event_history_len)
+            .unwrap_or(usize::MAX / 4)
+            .saturating_mul(2)
+    }
+
     fn me(&self) -> Option<&str> {
         self.session.as_ref().map(|s| s.username.as_str())
     }
@@ -338,19 +345,22 @@ impl Conn {
                 let (events, gap) = self
                     .state
                     .store
-                    .history(id, since)
+                    .history(id, since, self.replay_max())
                     .await
                     .map_err(unavailable)?;
                 let newest = events.last().map(|(e, _)| *e).unwrap_or(since);
-                out.push(protocol::subscribed(id, newest.max(since), gap));
                 if gap {
-                    self.state
+                    let current = self
+                        .state
                         .store
                         .last_event_id(id)
                         .await
                         .map_err(unavailable)?
-                        .max(newest)
+                        .max(newest);
+                    out.push(protocol::subscribed(id, current, true));
+                    current
                 } else {
+                    out.push(protocol::subscribed(id, newest.max(since), false));
                     out.extend(events.into_iter().map(|(_, e)| e));
                     newest
                 }
@@ -582,7 +592,7 @@ impl Conn {
         let Some(last) = self.subs.get(&id).map(|s| s.last) else {
             return Vec::new();
         };
-        match self.state.store.history(id, last).await {
+        match self.state.store.history(id, last, self.replay_max()).await {
             Ok((_, true)) => {
                 let newest = self.state.store.last_event_id(id).await.unwrap_or(last);
                 if let Some(sub) = self.subs.get_mut(&id) {

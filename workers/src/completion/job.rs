@@ -60,7 +60,7 @@ pub struct Answerer {
     conn: ConnectionManager,
     cfg: Arc<Config>,
     model: Model,
-    script: Lua,
+    script: Arc<Lua>,
     owner: String,
     active: Mutex<HashMap<Uuid, CancellationToken>>,
     abort: CancellationToken,
@@ -73,7 +73,7 @@ impl Answerer {
         owner: String,
         abort: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let script = Lua::new(include_str!("../lua/answer.lua"));
+        let script = Arc::new(Lua::new(include_str!("../lua/answer.lua")));
         script.load(&mut conn).await?;
         let model = Model::new(&cfg)?;
         if let Err(why) = model.configured() {
@@ -105,15 +105,30 @@ impl Answerer {
     #[tracing::instrument(skip_all, fields(conversation_id = %job.conversation_id))]
     pub async fn handle(&self, job: CompletionJob) -> Disposition {
         let id = job.conversation_id;
-        {
-            let Ok(mut active) = self.active.lock() else {
-                return Disposition::Retry;
+        // Already answering this conversation here: that loop answers newer messages when it is
+        // done. Wait until our message is answered, or until that loop has ended (it may have
+        // checked for new messages just before ours arrived) and then take over.
+        loop {
+            let busy_here = match self.active.lock() {
+                Ok(mut active) => match active.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(_) => true,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(CancellationToken::new());
+                        false
+                    }
+                },
+                Err(_) => return Disposition::Retry,
             };
-            if active.contains_key(&id) {
-                // Already answering here; that loop looks for newer messages when it is done.
+            if !busy_here {
+                break;
+            }
+            if self.answered(id, job.up_to_event).await {
                 return Disposition::Ack;
             }
-            active.insert(id, CancellationToken::new());
+            tokio::select! {
+                _ = tokio::time::sleep(BUSY_POLL) => {}
+                _ = self.abort.cancelled() => return Disposition::Retry,
+            }
         }
         let _forget = Forget {
             active: &self.active,
@@ -133,23 +148,8 @@ impl Answerer {
                 Lease::Busy => {
                     // Another replica is answering. It answers newer messages itself when done;
                     // if it dies, its lease lapses within CLAIM_IDLE_MS and we take over here.
-                    match self.op(id, &["status"]).await {
-                        Ok(v)
-                            if v.first()
-                                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
-                                == Some(0) =>
-                        {
-                            return Disposition::Ack
-                        }
-                        Ok(v)
-                            if v.get(1)
-                                .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
-                                .unwrap_or(0)
-                                >= job.up_to_event =>
-                        {
-                            return Disposition::Ack
-                        }
-                        _ => {}
+                    if self.answered(id, job.up_to_event).await {
+                        return Disposition::Ack;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(BUSY_POLL) => continue,
@@ -195,6 +195,21 @@ impl Answerer {
                     return Disposition::Retry;
                 }
             }
+        }
+    }
+
+    /// Whether the message with eventId `up_to` has been answered (or the chat is gone).
+    async fn answered(&self, id: Uuid, up_to: u64) -> bool {
+        match self.op(id, &["status"]).await {
+            Ok(v) => {
+                let int = |i: usize| {
+                    v.get(i)
+                        .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
+                        .unwrap_or(0)
+                };
+                int(0) == 0 || int(1) >= up_to
+            }
+            Err(_) => false,
         }
     }
 
@@ -333,14 +348,15 @@ impl Answerer {
         };
         let started = Instant::now();
         let give_up = Duration::from_secs(self.cfg.assistant_give_up_secs);
-        let lease_every = Duration::from_millis((self.cfg.claim_idle_ms / 3).max(100));
         let mut rid = first_rid;
         let mut attempt = 0u32;
         let mut shown = String::new();
         let mut usage = None;
         let mut stopped = false;
-        let mut renew = tokio::time::interval(lease_every);
-        renew.reset();
+        // The lease is renewed for as long as this answer runs — while connecting, streaming
+        // or backing off — and `lost` fires if the conversation goes or another replica took over.
+        let lost = CancellationToken::new();
+        let _keeper = self.keep_lease(id, lost.clone()).drop_guard();
         loop {
             attempt += 1;
             shown.clear();
@@ -360,36 +376,35 @@ impl Answerer {
                     },
                     _ = cancel.cancelled() => { stopped = true; break 'run None }
                     _ = self.abort.cancelled() => return End::Aborted,
+                    _ = lost.cancelled() => return End::Gone,
                     _ = tokio::time::sleep(IDLE) => break 'run Some(Failure::Retry { after: None, reason: "no answer from the model API".into() }),
                 };
+                // Only an arriving chunk moves this deadline: a stream that goes silent is retried.
+                let stall = tokio::time::sleep(IDLE);
+                tokio::pin!(stall);
                 loop {
                     let flush_at = co.deadline().map(tokio::time::Instant::from_std);
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => { stopped = true; break 'run None }
                         _ = self.abort.cancelled() => return End::Aborted,
-                        _ = renew.tick() => {
-                            match self.op(id, &["renew", &self.cfg.claim_idle_ms.to_string()]).await {
-                                Ok(v) if v.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(1) => {}
-                                Ok(_) => {
-                                    tracing::info!("conversation gone or answer taken over; stopping");
-                                    return End::Gone;
-                                }
-                                Err(e) => tracing::warn!(error = %e, "renewing the answer lease failed"),
-                            }
+                        _ = lost.cancelled() => {
+                            tracing::info!("conversation gone or answer taken over; stopping");
+                            return End::Gone;
                         }
+                        _ = &mut stall => break 'run Some(Failure::Retry { after: None, reason: "the model stream stalled".into() }),
                         _ = async { if let Some(t) = flush_at { tokio::time::sleep_until(t).await } }, if flush_at.is_some() => {
                             if let Some((seq, d)) = co.take(Instant::now()) {
                                 shown.push_str(&d);
                                 self.delta(id, rid, seq, d, &shown).await;
                             }
                         }
-                        item = tokio::time::timeout(IDLE, stream.next()) => match item {
-                            Err(_) => break 'run Some(Failure::Retry { after: None, reason: "the model stream stalled".into() }),
-                            Ok(None) if finished => break 'run None,
-                            Ok(None) => break 'run Some(Failure::Retry { after: None, reason: "the model stream ended before it finished".into() }),
-                            Ok(Some(Err(e))) => break 'run Some(self.model.classify(&e)),
-                            Ok(Some(Ok(chunk))) => {
+                        item = stream.next() => match item {
+                            None if finished => break 'run None,
+                            None => break 'run Some(Failure::Retry { after: None, reason: "the model stream ended before it finished".into() }),
+                            Some(Err(e)) => break 'run Some(self.model.classify(&e)),
+                            Some(Ok(chunk)) => {
+                                stall.as_mut().reset(tokio::time::Instant::now() + IDLE);
                                 if let Some(err) = chunk.error {
                                     let msg = err["message"].as_str().unwrap_or("error").to_string();
                                     break 'run Some(Failure::Retry { after: None, reason: self.model.redact(&format!("error inside the stream: {msg}")) });
@@ -428,9 +443,10 @@ impl Answerer {
                         .unwrap_or_else(|| backoff(attempt))
                         .min(Duration::from_secs(10));
                     if attempt >= MAX_ATTEMPTS || started.elapsed() + wait >= give_up {
-                        let message =
-                            format!("The assistant gave up after {attempt} attempts: {reason}");
-                        tracing::warn!(%message);
+                        tracing::warn!(attempt, %reason, "giving up on the model API");
+                        let message = format!(
+                            "The assistant could not reach its model after {attempt} attempts; try again later"
+                        );
                         return self.give_up(id, rid, hseq, "unavailable", message).await;
                     }
                     tracing::warn!(attempt, %reason, wait_ms = wait.as_millis() as u64, "model call failed; retrying");
@@ -449,11 +465,49 @@ impl Answerer {
                         _ = tokio::time::sleep(wait) => {}
                         _ = cancel.cancelled() => { stopped = true; shown.clear(); break }
                         _ = self.abort.cancelled() => return End::Aborted,
+                        _ = lost.cancelled() => return End::Gone,
                     }
                 }
             }
         }
         self.store(id, rid, hseq, shown, stopped, usage).await
+    }
+
+    /// Renews this replica's answer lease every `CLAIM_IDLE_MS / 3` until the returned token
+    /// is cancelled (dropped guard); cancels `lost` when the lease cannot be kept.
+    fn keep_lease(&self, id: Uuid, lost: CancellationToken) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (stop2, conn, script, owner) = (
+            stop.clone(),
+            self.conn.clone(),
+            self.script.clone(),
+            self.owner.clone(),
+        );
+        let lease_ms = self.cfg.claim_idle_ms;
+        let every = Duration::from_millis((lease_ms / 3).max(100));
+        tokio::spawn(async move {
+            let keys = [keys::conv_meta(&id), keys::conv_answer(&id)];
+            let args = ["renew".to_string(), owner, lease_ms.to_string()];
+            loop {
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let mut c = conn.clone();
+                match script.run::<Vec<Value>, _, _>(&mut c, &keys, &args).await {
+                    Ok(v)
+                        if v.first()
+                            .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                            == Some(1) => {}
+                    Ok(_) => {
+                        lost.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the answer lease failed"),
+                }
+            }
+        });
+        stop
     }
 
     async fn give_up(&self, id: Uuid, rid: Uuid, hseq: u64, code: &str, message: String) -> End {

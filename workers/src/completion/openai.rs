@@ -150,6 +150,8 @@ impl Model {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Belt and braces under the worker's own stall detection.
+            .read_timeout(Duration::from_secs(30))
             .build()?;
         let client = Client::with_config(
             OpenAIConfig::new()
@@ -204,6 +206,7 @@ impl Model {
     }
 
     pub fn classify(&self, e: &OpenAIError) -> Failure {
+        tracing::warn!(error = %self.redact(&e.to_string()), "model API call failed");
         let f = classify(e);
         match f {
             Failure::Retry { after, reason } => Failure::Retry {
@@ -237,16 +240,16 @@ pub fn classify(e: &OpenAIError) -> Failure {
             match status {
                 401 | 403 => Failure::Fatal {
                     code: "auth_failed",
-                    message: format!("The model API rejected the credentials ({status}): check OPENAI_API_KEY. {text}"),
+                    message: format!("The model API rejected the credentials ({status}): check OPENAI_API_KEY"),
                 },
                 404 => Failure::Fatal {
                     code: "model_not_found",
-                    message: format!("The model API does not know this model (404 {code}): check OPENAI_MODEL and OPENAI_BASE_URL. {text}"),
+                    message: format!("The model API does not know this model (404 {code}): check OPENAI_MODEL and OPENAI_BASE_URL"),
                 },
                 408 | 409 | 425 | 429 => Failure::Retry { after: None, reason: format!("{status}: {text}") },
                 s if s >= 500 => Failure::Retry { after: None, reason: format!("server error {status}: {text}") },
-                _ if code == "model_not_found" => Failure::Fatal { code: "model_not_found", message: format!("Unknown model: check OPENAI_MODEL. {text}") },
-                _ => Failure::Fatal { code: "bad_request", message: format!("The model API refused the request ({status}): {text}") },
+                _ if code == "model_not_found" => Failure::Fatal { code: "model_not_found", message: "Unknown model: check OPENAI_MODEL".to_string() },
+                _ => Failure::Fatal { code: "bad_request", message: format!("The model API refused the request ({status}); see the completion worker's log") },
             }
         }
         OpenAIError::Reqwest(r) => Failure::Retry {

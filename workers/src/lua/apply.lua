@@ -1,9 +1,14 @@
 -- Applies one command to one conversation, atomically. Keys share the {conversationId} tag:
 -- KEYS[1] meta  KEYS[2] order  KEYS[3] msgs  KEYS[4] events  KEYS[5] applied  KEYS[6] members  KEYS[7] answer
+-- KEYS[8] applied (previous generation)
 -- ARGV[1] command id  ARGV[2] kind  ARGV[3] conversation id  ARGV[4] grace ms  ARGV[5] history length
 -- ARGV[6] event channel  ARGV[7..] kind-specific (below).
 -- Returns { status, body, eventId (0 if none), assistant (0/1), kind ('open'|'member'|''), deadline ms }.
--- A command id seen before returns the stored reply and writes nothing (at-least-once delivery).
+-- A command id seen before returns the stored reply and writes nothing (at-least-once delivery),
+-- with the eventId and deadline it produced, so the worker can redo its idempotent side effects.
+-- The `applied` record is bounded: past APPLIED_ROTATE entries it becomes the previous
+-- generation (KEYS[8]) and a fresh one starts, so ids are remembered for thousands of commands —
+-- far longer than any redelivery window — without growing forever.
 
 local cmd, kind, cid = ARGV[1], ARGV[2], ARGV[3]
 local grace, hist, channel = tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -30,7 +35,32 @@ local function touch(now, ttl, member)
   for i = 1, last do
     redis.call('PEXPIRE', KEYS[i], ttl + grace)
   end
+  redis.call('PEXPIRE', KEYS[8], ttl + grace)
   return deadline
+end
+
+local APPLIED_ROTATE = 2000
+
+-- The stored record of a command applied before, or nil.
+local function previous()
+  return redis.call('HGET', KEYS[5], cmd) or redis.call('HGET', KEYS[8], cmd)
+end
+
+-- Remembers a command's reply with what it produced: 'eventId|assistant|deadline|body'.
+local function record(eid, flag, deadline, body)
+  redis.call('HSET', KEYS[5], cmd, eid .. '|' .. flag .. '|' .. deadline .. '|' .. body)
+  if redis.call('HLEN', KEYS[5]) > APPLIED_ROTATE then
+    redis.call('RENAME', KEYS[5], KEYS[8])
+  end
+end
+
+-- The answer to a command applied before.
+local function replay(status, prev, ckind)
+  local e, a, d, body = string.match(prev, '^(%d+)|(%d+)|(%d+)|(.*)$')
+  if not e then
+    return { status, prev, 0, 0, ckind, 0 }
+  end
+  return { status, body, tonumber(e), tonumber(a), ckind, tonumber(d) }
 end
 
 -- Appends an event to the bounded history and publishes it, in one step: Pub/Sub order is
@@ -45,9 +75,9 @@ end
 
 if kind == 'create' then
   -- ARGV[7] ttl ms  ARGV[8] owner ('' = open)  ARGV[9] title  ARGV[10] assistant '0'|'1'  ARGV[11..] members
-  local prev = redis.call('HGET', KEYS[5], cmd)
+  local prev = previous()
   if prev then
-    return { 201, prev, 0, tonumber(ARGV[10]), ARGV[8] == '' and 'open' or 'member', 0 }
+    return replay(201, prev, ARGV[8] == '' and 'open' or 'member')
   end
   if redis.call('EXISTS', KEYS[1]) == 1 then
     return err(409, 'conflict', 'Conversation already exists')
@@ -63,8 +93,8 @@ if kind == 'create' then
     end
   end
   local body = '{"conversationId":"' .. cid .. '"}'
-  redis.call('HSET', KEYS[5], cmd, body)
   local deadline = touch(now, tonumber(ARGV[7]), ckind == 'member')
+  record(0, ARGV[10], deadline, body)
   return { 201, body, 0, tonumber(ARGV[10]), ckind, deadline }
 end
 
@@ -74,10 +104,6 @@ if not ckind then
   return not_found()
 end
 local member = ckind == 'member'
--- Records the reply under the command id, unless this command was applied before.
-local function first_time(body)
-  return redis.call('HSETNX', KEYS[5], cmd, body) == 1
-end
 
 if kind == 'send' then
   -- ARGV[7] message id  ARGV[8] message JSON  ARGV[9] actor ('' = open, 'assistant' = the completion
@@ -88,20 +114,17 @@ if kind == 'send' then
     return not_found()
   end
   local mid = ARGV[7]
+  local prev = previous()
+  if prev then
+    return replay(201, prev, ckind)
+  end
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[10]) then
-    local prev = redis.call('HGET', KEYS[5], cmd)
-    if prev then
-      return { 201, prev, 0, 0, ckind, 0 }
-    end
     if ARGV[12] ~= '' then
       redis.call('HSET', KEYS[1], 'aseq', ARGV[12])
     end
     return err(409, 'conversation_full', 'This conversation already holds the maximum of ' .. ARGV[10] .. ' messages')
   end
   local body = '{"message":"Message added successfully","messageId":"' .. mid .. '"}'
-  if not first_time(body) then
-    return { 201, body, 0, 0, ckind, 0 }
-  end
   local seq = redis.call('HINCRBY', KEYS[1], 'mseq', 1)
   redis.call('ZADD', KEYS[2], seq, mid)
   redis.call('HSET', KEYS[3], mid, ARGV[8])
@@ -119,6 +142,7 @@ if kind == 'send' then
     redis.call('PUBLISH', channel, ARGV[13])
   end
   local deadline = touch(now_ms(), ttl, member)
+  record(eid, assistant, deadline, body)
   return { 201, body, eid, assistant, ckind, deadline }
 end
 
@@ -128,9 +152,9 @@ if kind == 'delete' then
   if member and (actor == '' or redis.call('SISMEMBER', KEYS[6], actor) == 0) then
     return not_found()
   end
-  local prev = redis.call('HGET', KEYS[5], cmd)
+  local prev = previous()
   if prev then
-    return { 200, prev, 0, 0, ckind, 0 }
+    return replay(200, prev, ckind)
   end
   local stored = redis.call('HGET', KEYS[3], mid)
   if not stored then
@@ -145,9 +169,9 @@ if kind == 'delete' then
   redis.call('ZREM', KEYS[2], mid)
   redis.call('HDEL', KEYS[3], mid)
   local body = '{"message":"Message deleted successfully"}'
-  redis.call('HSET', KEYS[5], cmd, body)
   local eid = emit('message_deleted', '"messageId":"' .. mid .. '"')
   local deadline = touch(now_ms(), ttl, member)
+  record(eid, 0, deadline, body)
   return { 200, body, eid, 0, ckind, deadline }
 end
 
@@ -157,18 +181,19 @@ if kind == 'add_member' then
   if ckind ~= 'member' or redis.call('SISMEMBER', KEYS[6], actor) == 0 then
     return not_found()
   end
-  local prev = redis.call('HGET', KEYS[5], cmd)
+  local prev = previous()
+  if prev then
+    return replay(200, prev, ckind)
+  end
   local eid, deadline = 0, 0
-  if not prev and redis.call('SADD', KEYS[6], user) == 1 then
+  if redis.call('SADD', KEYS[6], user) == 1 then
     eid = emit('member_joined', '"username":"' .. user .. '"')
     deadline = touch(now_ms(), ttl, member)
   end
   local members = redis.call('SMEMBERS', KEYS[6])
   table.sort(members)
   local body = cjson.encode({ conversationId = cid, members = members })
-  if not prev then
-    redis.call('HSET', KEYS[5], cmd, body)
-  end
+  record(eid, 0, deadline, body)
   return { 200, body, eid, 0, ckind, deadline }
 end
 

@@ -1,5 +1,5 @@
 -- Deletes a conversation whose inactivity deadline has passed, with every key it owns.
--- KEYS: the seven conversation keys (see apply.lua). ARGV[1] conversation id, ARGV[2] event channel.
+-- KEYS: the eight conversation keys (see apply.lua). ARGV[1] conversation id, ARGV[2] event channel.
 -- Returns { 0 } when the conversation is already gone, { 1, deadline } when it is not due yet
 -- (activity moved its deadline), { 2, member... } when this call deleted it. Only one of any
 -- number of concurrent callers sees 2, so each conversation expires once.
@@ -13,7 +13,7 @@ if tonumber(deadline) > now then
   return { 1, deadline }
 end
 local members = redis.call('SMEMBERS', KEYS[6])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 redis.call('PUBLISH', ARGV[2], '{"type":"conversation_expired","conversationId":"' .. ARGV[1] .. '"}')
 local out = { 2 }
 for i = 1, #members do
