@@ -646,3 +646,131 @@ async fn the_context_respects_the_history_budget() {
     assert_eq!(sent[1], "user: customer: note 3");
     assert_eq!(sent[3], "user: customer: note 5");
 }
+
+/// At-least-once: a command delivered twice is applied once, but its side effects (here the
+/// completion job) are redone, so a worker dying between its two round trips loses nothing.
+#[tokio::test]
+async fn a_redelivered_send_is_applied_once_and_its_side_effects_are_redone() {
+    let s = stack(&[], &[Role::Persistence]).await;
+    let id = s.open_chat().await;
+    let message = Message {
+        message_id: Uuid::new_v4(),
+        sender: "customer".into(),
+        content: "once".into(),
+        timestamp: "2025-04-05T14:00:00Z".into(),
+        stopped: false,
+    };
+    let env = CommandEnvelope {
+        id: Uuid::new_v4(),
+        reply_to: None,
+        command: Command::SendMessage {
+            conversation_id: id,
+            message,
+            actor: None,
+            assistant_reply: None,
+        },
+    };
+    let mut c = s.conn.clone();
+    for _ in 0..2 {
+        let _: String = redis::cmd("XADD")
+            .arg(keys::COMMANDS_STREAM)
+            .arg("*")
+            .arg(COMMAND_FIELD)
+            .arg(serde_json::to_string(&env).unwrap())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs: u64 = redis::cmd("XLEN")
+            .arg(keys::COMPLETIONS_STREAM)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if jobs >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the redelivery did not redo the completion job ({jobs})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.messages(id).await.len(), 1, "applied once");
+    let events: u64 = redis::cmd("XLEN")
+        .arg(keys::conv_events(&id))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "one message event");
+}
+
+/// The idempotency record stays bounded: past 2000 commands it rotates into a second generation,
+/// and a command from the previous generation is still recognised.
+#[tokio::test]
+async fn the_idempotency_record_rotates_and_still_dedupes() {
+    let s = stack(&[], &[Role::Persistence]).await;
+    let id = s.open_chat().await;
+    let first = CommandEnvelope {
+        id: Uuid::new_v4(),
+        reply_to: None,
+        command: Command::SendMessage {
+            conversation_id: id,
+            message: Message {
+                message_id: Uuid::new_v4(),
+                sender: "agent".into(),
+                content: "first".into(),
+                timestamp: "2025-04-05T14:00:00Z".into(),
+                stopped: false,
+            },
+            actor: None,
+            assistant_reply: None,
+        },
+    };
+    let mut c = s.conn.clone();
+    let xadd = |env: &CommandEnvelope| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(keys::COMMANDS_STREAM)
+            .arg("*")
+            .arg(COMMAND_FIELD)
+            .arg(serde_json::to_string(env).unwrap());
+        cmd
+    };
+    let _: String = xadd(&first).query_async(&mut c).await.unwrap();
+    for i in 0..2100 {
+        s.say(id, &format!("n{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.messages(id).await.len() < 2101 {
+        assert!(Instant::now() < deadline, "not all messages were applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let current: u64 = redis::cmd("HLEN")
+        .arg(keys::conv_applied(&id))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let old: u64 = redis::cmd("HLEN")
+        .arg(keys::conv_applied_old(&id))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        current <= 2001 && old > 0,
+        "rotated: current {current}, old {old}"
+    );
+    // Redeliver the very first command: still recognised, nothing added.
+    let _: String = xadd(&first).query_async(&mut c).await.unwrap();
+    s.say(id, "marker").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.messages(id).await.last().map(|m| m.content.clone()) != Some("marker".into()) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.messages(id).await.len(),
+        2102,
+        "the redelivered first command was not applied twice"
+    );
+}
