@@ -108,9 +108,17 @@ impl Killer {
 
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
+/// Who listens where, both ways, under one lock: a connection leaving touches only its own
+/// channels, never the whole map.
+#[derive(Default)]
+struct Channels {
+    listeners: HashMap<String, HashMap<ConnId, ConnHandle>>,
+    of: HashMap<ConnId, std::collections::HashSet<String>>,
+}
+
 #[derive(Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<String, HashMap<ConnId, ConnHandle>>>,
+    channels: Mutex<Channels>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_id: AtomicU64,
     delivered: AtomicU64,
@@ -137,13 +145,16 @@ impl Hub {
         }
         let mut emptied = Vec::new();
         if let Ok(mut chans) = self.channels.lock() {
-            chans.retain(|name, subs| {
-                if subs.remove(&id).is_some() && subs.is_empty() {
-                    emptied.push(name.clone());
-                    return false;
+            let mine = chans.of.remove(&id).unwrap_or_default();
+            for name in mine {
+                if let Some(subs) = chans.listeners.get_mut(&name) {
+                    subs.remove(&id);
+                    if subs.is_empty() {
+                        chans.listeners.remove(&name);
+                        emptied.push(name);
+                    }
                 }
-                true
-            });
+            }
         }
         emptied
     }
@@ -153,7 +164,8 @@ impl Hub {
         let Ok(mut chans) = self.channels.lock() else {
             return false;
         };
-        let subs = chans.entry(channel.to_string()).or_default();
+        chans.of.entry(id).or_default().insert(channel.to_string());
+        let subs = chans.listeners.entry(channel.to_string()).or_default();
         let first = subs.is_empty();
         subs.insert(id, handle);
         first
@@ -164,11 +176,14 @@ impl Hub {
         let Ok(mut chans) = self.channels.lock() else {
             return false;
         };
-        match chans.get_mut(channel) {
+        if let Some(mine) = chans.of.get_mut(&id) {
+            mine.remove(channel);
+        }
+        match chans.listeners.get_mut(channel) {
             Some(subs) => {
                 subs.remove(&id);
                 if subs.is_empty() {
-                    chans.remove(channel);
+                    chans.listeners.remove(channel);
                     return true;
                 }
                 false
@@ -181,7 +196,7 @@ impl Hub {
     pub fn wants(&self, channel: &str) -> bool {
         self.channels
             .lock()
-            .map(|c| c.get(channel).is_some_and(|s| !s.is_empty()))
+            .map(|c| c.listeners.get(channel).is_some_and(|s| !s.is_empty()))
             .unwrap_or(false)
     }
 
@@ -189,7 +204,7 @@ impl Hub {
     pub fn listeners(&self, channel: &str) -> usize {
         self.channels
             .lock()
-            .map(|c| c.get(channel).map_or(0, |s| s.len()))
+            .map(|c| c.listeners.get(channel).map_or(0, |s| s.len()))
             .unwrap_or(0)
     }
 
@@ -218,6 +233,7 @@ impl Hub {
         let shared = Arc::new(Published { payload, header });
         let targets: Vec<ConnHandle> = match self.channels.lock() {
             Ok(c) => c
+                .listeners
                 .get(channel)
                 .map(|s| s.values().cloned().collect())
                 .unwrap_or_default(),
