@@ -472,3 +472,32 @@ async fn a_worker_stopped_with_sigterm_finishes_its_batch_and_exits_0() {
         assert!(stored_set.contains(id), "{id} acknowledged but missing");
     }
 }
+
+/// SIGTERM while a write waits for its reply: the gateway stops accepting but keeps its
+/// Pub/Sub connection until in-flight requests are answered, so the client gets its 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_at_sigterm_still_gets_its_reply() {
+    let mut stack = Stack::start(&[("REQUEST_TIMEOUT_MS", "8000")]).await;
+    let http = stack.http();
+    let conv = http.create_conversation().await;
+    // Freeze the worker so the write is queued but not applied when SIGTERM arrives.
+    stack.workers[0].process().signal(libc::SIGSTOP);
+    let pending = {
+        let (http, conv) = (http.clone(), conv.clone());
+        tokio::spawn(async move {
+            http.send_message(&conv, "customer", "in flight", "2025-04-05T14:00:00Z")
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = stack.gateways[0].process().pid();
+    stack.gateways[0].process().signal(libc::SIGTERM);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.workers[0].process().signal(libc::SIGCONT);
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, 201, "gateway {pid}: {body}");
+    assert!(body["messageId"].is_string());
+    let mut gw = stack.gateways.remove(0);
+    let exit = gw.terminate().await;
+    assert!(exit.success(), "exit status {exit}");
+}
