@@ -489,7 +489,16 @@ async fn a_write_in_flight_at_sigterm_still_gets_its_reply() {
                 .await
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Wait until the command is in the stream: the request is in flight, its reply pending.
+    let redis = &stack.redis;
+    eventually_true("the write is queued", PROGRESS, async || {
+        redis
+            .stream("confab:commands")
+            .await
+            .iter()
+            .any(|(_, fields)| fields.get("c").is_some_and(|c| c.contains("in flight")))
+    })
+    .await;
     let pid = stack.gateways[0].process().pid();
     stack.gateways[0].process().signal(libc::SIGTERM);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
