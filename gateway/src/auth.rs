@@ -14,10 +14,10 @@ use std::net::IpAddr;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use base64::Engine;
+use confab_shared::db::Conn;
 use confab_shared::domain;
 use confab_shared::events::Event;
 use confab_shared::keys;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
@@ -100,7 +100,7 @@ fn new_token() -> String {
 
 #[derive(Clone)]
 pub struct Auth {
-    conn: ConnectionManager,
+    conn: Conn,
     /// argon2id needs ~19 MiB per hash: hashes run on a few dedicated threads, so a burst of
     /// sign-ins neither balloons the gateway's memory nor starves its async workers.
     hashing: Hasher,
@@ -110,7 +110,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(conn: ConnectionManager, cfg: &confab_shared::Config) -> Self {
+    pub fn new(conn: Conn, cfg: &confab_shared::Config) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -161,19 +161,16 @@ impl Auth {
                 format!("The username {name:?} is taken"),
             ));
         }
-        let _: redis::RedisResult<()> = redis::pipe()
-            .cmd("HSET")
+        let mut created = redis::cmd("HSET");
+        created
             .arg(keys::user(&name))
             .arg("created")
-            .arg(domain::now_rfc3339())
-            .ignore()
-            .cmd("ZADD")
-            .arg(keys::USERNAMES)
-            .arg(0)
-            .arg(&name)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
+            .arg(domain::now_rfc3339());
+        let mut listed = redis::cmd("ZADD");
+        listed.arg(keys::USERNAMES).arg(0).arg(&name);
+        if let Err(e) = conn.query_many(vec![created, listed]).await {
+            tracing::warn!(error = %e, "recording a new user failed");
+        }
         Ok(name)
     }
 
@@ -192,18 +189,26 @@ impl Auth {
         ];
         let mut conn = self.conn.clone();
         // Count the attempt before checking the password: parallel guesses cannot all slip
-        // past the limit before any failure is recorded. A success takes it back.
-        let mut pipe = redis::pipe();
-        for subject in &subjects {
-            pipe.cmd("INCR").arg(keys::login_failures(subject));
-            pipe.cmd("EXPIRE")
-                .arg(keys::login_failures(subject))
-                .arg(self.window_secs)
-                .arg("NX")
-                .ignore();
-        }
-        let counts: Vec<u64> = pipe
-            .query_async(&mut conn)
+        // past the limit before any failure is recorded. A success takes it back. One
+        // pipeline per counter (each its own slot on a cluster).
+        let counting = subjects.iter().map(|subject| {
+            let mut c = conn.clone();
+            let key = keys::login_failures(subject);
+            async move {
+                let (n,): (u64,) = redis::pipe()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(self.window_secs)
+                    .arg("NX")
+                    .ignore()
+                    .query_async(&mut c)
+                    .await?;
+                Ok::<u64, redis::RedisError>(n)
+            }
+        });
+        let counts: Vec<u64> = futures::future::try_join_all(counting)
             .await
             .map_err(|e| ApiError::internal("counting sign-in attempts", e))?;
         if counts.iter().any(|&n| n > self.max_failures) {
@@ -247,22 +252,23 @@ impl Auth {
             + chrono::Duration::seconds(
                 i64::try_from(self.session_ttl_secs).unwrap_or(i64::MAX / 2),
             );
-        let _: () = redis::pipe()
-            .cmd("SET")
+        let mut store = redis::cmd("SET");
+        store
             .arg(keys::session(&hash_token(&token)))
             .arg(&name)
             .arg("EX")
-            .arg(self.session_ttl_secs)
-            .ignore()
-            .cmd("DEL")
-            .arg(keys::login_failures(&subjects[0]))
-            .ignore()
-            .cmd("DECR")
-            .arg(keys::login_failures(&subjects[1]))
-            .ignore()
-            .query_async(&mut conn)
+            .arg(self.session_ttl_secs);
+        let mut forgive_user = redis::cmd("DEL");
+        forgive_user.arg(keys::login_failures(&subjects[0]));
+        let mut forgive_addr = redis::cmd("DECR");
+        forgive_addr.arg(keys::login_failures(&subjects[1]));
+        let results = conn
+            .query_many(vec![store, forgive_user, forgive_addr])
             .await
             .map_err(|e| ApiError::internal("storing a session", e))?;
+        if let Some(Err(e)) = results.into_iter().next() {
+            return Err(ApiError::internal("storing a session", e));
+        }
         Ok((
             token,
             name,
@@ -304,17 +310,17 @@ impl Auth {
             token_hash: session.token_hash.clone(),
         }
         .to_json();
-        redis::pipe()
-            .cmd("DEL")
-            .arg(keys::session(&session.token_hash))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(keys::user_channel(&session.username))
-            .arg(notice)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let mut delete = redis::cmd("DEL");
+        delete.arg(keys::session(&session.token_hash));
+        let publish = conn.publish(&keys::user_channel(&session.username), notice);
+        let results = conn
+            .query_many(vec![delete, publish])
             .await
-            .map_err(|e| ApiError::internal("deleting a session", e))
+            .map_err(|e| ApiError::internal("deleting a session", e))?;
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(ApiError::internal("deleting a session", e)),
+            None => Ok(()),
+        }
     }
 
     /// Up to 10 usernames starting with `prefix`.
@@ -342,14 +348,23 @@ impl Auth {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for n in names {
-            pipe.cmd("EXISTS").arg(keys::user(n));
-        }
+        let checks = names
+            .iter()
+            .map(|n| {
+                let mut c = redis::cmd("EXISTS");
+                c.arg(keys::user(n));
+                c
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        let exists: Vec<bool> = pipe
-            .query_async(&mut conn)
+        let exists: Vec<bool> = conn
+            .query_many(checks)
             .await
+            .and_then(|rs| {
+                rs.into_iter()
+                    .map(|r| r.and_then(|v| Ok(redis::from_redis_value::<bool>(v)?)))
+                    .collect()
+            })
             .map_err(|e| ApiError::internal("checking users", e))?;
         Ok(names
             .iter()

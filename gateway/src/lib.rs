@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use confab_shared::{keys, redis_util, streams, Config};
+use confab_shared::db::Redis;
+use confab_shared::keys::{self, PartitionKeys};
+use confab_shared::{streams, Config};
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
@@ -74,22 +76,26 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
         .into();
-    let Some(mut conn) =
-        redis_util::connect_with_retry(&cfg.redis_url, cfg.request_timeout(), &cancel).await
+    let redis = Redis::from_config(&cfg);
+    let Some(mut conn) = redis
+        .connect_with_retry(cfg.request_timeout(), &cancel)
+        .await
     else {
         return Ok(());
     };
-    // Whichever process starts first creates the groups, from the start of the streams.
-    streams::ensure_group(&mut conn, keys::COMMANDS_STREAM, keys::PERSISTENCE_GROUP)
-        .await
-        .context("creating the persistence group")?;
-    streams::ensure_group(&mut conn, keys::COMPLETIONS_STREAM, keys::COMPLETION_GROUP)
-        .await
-        .context("creating the completion group")?;
+    // Whichever process starts first creates the completion groups, from the start of the
+    // streams (persistence needs none: partition owners read from their committed offset).
+    let parts = cfg.partitions();
+    for pk in PartitionKeys::all(&parts) {
+        streams::ensure_group(&mut conn, &pk.jobs, keys::COMPLETION_GROUP)
+            .await
+            .context("creating the completion group")?;
+    }
 
     let pipeline = pipeline::Pipeline::new(
         conn.clone(),
         &gateway_id,
+        parts,
         cfg.request_timeout(),
         cfg.command_stream_max_len,
     );
@@ -98,7 +104,7 @@ pub async fn run(
     // The bus outlives the HTTP drain: replies to requests in flight at SIGTERM still arrive.
     let bus_stop = CancellationToken::new();
     let bus = bus::Bus::start(
-        &cfg.redis_url,
+        &redis,
         keys::reply_channel(&gateway_id),
         pipeline.clone(),
         hub.clone(),

@@ -1,11 +1,12 @@
 //! Submitting commands and waiting for their replies.
 //!
 //! [`Pipeline::submit`] registers a waiter under a fresh command id, appends the command to
-//! `confab:commands` with a plain `XADD`, and waits up to `REQUEST_TIMEOUT_MS` for the
-//! persistence worker's reply, which arrives on this gateway's reply channel ([`crate::bus`]).
-//! A monitor ([`Pipeline::watch_backlog`]) reads the stream's length every 100 ms; while it is
-//! at `COMMAND_STREAM_MAX_LEN` new commands are refused with 503, so the stream stays bounded
-//! (acknowledged entries are trimmed every second by the workers).
+//! its partition's stream (`confab:cmd:{p}`, chosen by the conversation) with a plain `XADD`,
+//! and waits up to `REQUEST_TIMEOUT_MS` for the persistence worker's reply, which arrives on
+//! this gateway's reply channel ([`crate::bus`]) in a batch with the others of the worker's
+//! round. A monitor ([`Pipeline::watch_backlog`]) reads every partition's length every
+//! 100 ms; while a partition holds its share of `COMMAND_STREAM_MAX_LEN`, new commands for it
+//! are refused with 503, so every stream stays bounded (workers trim what they committed).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_shared::commands::{Command, CommandEnvelope, COMMAND_FIELD};
-use confab_shared::keys;
-use redis::aio::ConnectionManager;
+use confab_shared::db::Conn;
+use confab_shared::keys::PartitionKeys;
+use confab_shared::partition::Partitions;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -35,51 +37,71 @@ type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<RawReply>>>>;
 
 #[derive(Clone)]
 pub struct Pipeline {
-    conn: ConnectionManager,
+    conn: Conn,
     gateway_id: Arc<str>,
+    parts: Arc<Partitions>,
+    streams: Arc<Vec<String>>,
     waiters: Waiters,
-    overloaded: Arc<AtomicBool>,
+    /// Per partition: its backlog is at its cap.
+    overloaded: Arc<Vec<AtomicBool>>,
     timeout: Duration,
     max_backlog: u64,
 }
 
 impl Pipeline {
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         gateway_id: &str,
+        parts: Partitions,
         timeout: Duration,
         max_backlog: u64,
     ) -> Self {
+        let streams: Vec<String> = PartitionKeys::all(&parts)
+            .into_iter()
+            .map(|k| k.commands)
+            .collect();
+        let overloaded = streams.iter().map(|_| AtomicBool::new(false)).collect();
+        // The cap is shared out: a partition holds at most its share.
+        let share = max_backlog.div_ceil(u64::from(parts.count())).max(1);
         Self {
             conn,
             gateway_id: gateway_id.into(),
+            parts: Arc::new(parts),
+            streams: Arc::new(streams),
             waiters: Arc::default(),
-            overloaded: Arc::default(),
+            overloaded: Arc::new(overloaded),
             timeout,
-            max_backlog,
+            max_backlog: share,
         }
     }
 
-    /// Hands a reply from the bus to whoever waits for it (nobody, after a timeout).
+    /// Hands replies from the bus to whoever waits for them (nobody, after a timeout). A
+    /// payload is one reply or an array of them (a worker's round for this gateway).
     pub fn complete(&self, payload: &[u8]) {
-        let reply: RawReply = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed reply on the reply channel");
-                return;
-            }
+        let replies: Vec<RawReply> = match payload.first() {
+            Some(b'[') => serde_json::from_slice(payload).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "malformed replies on the reply channel");
+                Vec::new()
+            }),
+            _ => match serde_json::from_slice(payload) {
+                Ok(r) => vec![r],
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed reply on the reply channel");
+                    Vec::new()
+                }
+            },
         };
-        let waiter = self
-            .waiters
-            .lock()
-            .ok()
-            .and_then(|mut w| w.remove(&reply.id));
-        if let Some(tx) = waiter {
-            let _ = tx.send(reply);
+        let Ok(mut waiters) = self.waiters.lock() else {
+            return;
+        };
+        for reply in replies {
+            if let Some(tx) = waiters.remove(&reply.id) {
+                let _ = tx.send(reply);
+            }
         }
     }
 
-    /// Keeps the overload flag current until `cancel` fires.
+    /// Keeps the overload flags current until `cancel` fires.
     pub async fn watch_backlog(self, cancel: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut conn = self.conn.clone();
@@ -88,29 +110,43 @@ impl Pipeline {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let len: redis::RedisResult<u64> = redis::cmd("XLEN")
-                .arg(keys::COMMANDS_STREAM)
-                .query_async(&mut conn)
-                .await;
-            if let Ok(len) = len {
+            let lens = self
+                .streams
+                .iter()
+                .map(|s| {
+                    let mut c = redis::cmd("XLEN");
+                    c.arg(s);
+                    c
+                })
+                .collect();
+            let Ok(lens) = conn.query_many(lens).await else {
+                continue;
+            };
+            for (p, len) in lens.into_iter().enumerate() {
+                let Ok(len) = len.and_then(|v| Ok(redis::from_redis_value::<u64>(v)?)) else {
+                    continue;
+                };
+                let Some(flag) = self.overloaded.get(p) else {
+                    continue;
+                };
                 let full = len >= self.max_backlog;
-                if full != self.overloaded.swap(full, Ordering::Relaxed) {
+                if full != flag.swap(full, Ordering::Relaxed) {
                     if full {
                         tracing::warn!(
+                            partition = p,
                             backlog = len,
                             "command backlog full: refusing writes with 503"
                         );
                     } else {
-                        tracing::info!(backlog = len, "command backlog below its cap again");
+                        tracing::info!(
+                            partition = p,
+                            backlog = len,
+                            "command backlog below its cap again"
+                        );
                     }
                 }
             }
         }
-    }
-
-    /// How many requests wait for replies (metrics, tests).
-    pub fn in_flight(&self) -> usize {
-        self.waiters.lock().map(|w| w.len()).unwrap_or(0)
     }
 
     /// Appends `command` and waits for its reply.
@@ -121,6 +157,18 @@ impl Pipeline {
     /// Appends `command` and returns a handle to wait for its reply with. Commands begun in
     /// sequence are appended in that order (a WebSocket's sends keep their order).
     pub async fn begin(&self, command: Command) -> Result<PendingReply, ApiError> {
+        let partition = self.parts.of_conversation(&command.conversation_id()) as usize;
+        if self
+            .overloaded
+            .get(partition)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many commands are waiting to be processed; try again shortly",
+            ));
+        }
         let id = Uuid::new_v4();
         let envelope = CommandEnvelope {
             id,
@@ -140,15 +188,13 @@ impl Pipeline {
             timeout: self.timeout,
         };
         let mut conn = self.conn.clone();
-        if self.overloaded.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Too many commands are waiting to be processed; try again shortly",
-            ));
-        }
+        let stream = self
+            .streams
+            .get(partition)
+            .map(String::as_str)
+            .unwrap_or_default();
         let added: Option<String> = redis::cmd("XADD")
-            .arg(keys::COMMANDS_STREAM)
+            .arg(stream)
             .arg("*")
             .arg(COMMAND_FIELD)
             .arg(payload)

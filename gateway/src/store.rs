@@ -8,14 +8,31 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use confab_shared::events::ConversationSummary;
+use confab_shared::db::Conn;
+use confab_shared::events::{ConversationSummary, Event};
 use confab_shared::keys;
 use confab_shared::scripting::Lua;
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 const KIND_CACHE_MAX: usize = 100_000;
+/// History entries read per round trip of a resume.
+const HISTORY_PAGE: usize = 256;
+
+/// `ARGV[1]` of fetch.lua.
+#[derive(Serialize)]
+struct FetchRequest<'a> {
+    actor: &'a str,
+}
+
+/// `ARGV[1]` of history.lua.
+#[derive(Serialize)]
+struct HistoryRequest {
+    after: u64,
+    count: usize,
+}
 /// A resume replays the whole kept history (`EVENT_HISTORY_LEN`, trimmed approximately) but
 /// never more than this many bytes; beyond it `subscribed` says `resync` and the client
 /// refetches by REST — one socket cannot pin more memory than this.
@@ -66,21 +83,23 @@ impl Conversation {
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     fetch: Arc<Lua>,
+    history: Arc<Lua>,
     kinds: Arc<Mutex<HashMap<Uuid, Kind>>>,
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: Conn) -> Self {
         Self {
             conn,
             fetch: Arc::new(Lua::new(include_str!("lua/fetch.lua"))),
+            history: Arc::new(Lua::new(include_str!("lua/history.lua"))),
             kinds: Arc::default(),
         }
     }
 
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -93,10 +112,10 @@ impl Store {
             keys::conv_members(&id),
         ];
         let mut conn = self.conn.clone();
-        let v: Value = self
-            .fetch
-            .run(&mut conn, &keys, &[actor.unwrap_or("")])
-            .await?;
+        let request = FetchRequest {
+            actor: actor.unwrap_or(""),
+        };
+        let v: Value = self.fetch.run_raw(&mut conn, &keys, &request).await?;
         let Value::Array(items) = v else {
             return Ok(None);
         };
@@ -223,10 +242,14 @@ impl Store {
 
     /// Asks the completion worker answering `id` (if any) to stop.
     pub async fn request_cancel(&self, id: Uuid) -> RedisResult<()> {
+        self.publish(&keys::cancel_channel(&id), "cancel").await
+    }
+
+    /// Publishes on a channel (sharded on a cluster).
+    pub async fn publish(&self, channel: &str, payload: &str) -> RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(keys::CANCEL_CHANNEL)
-            .arg(id.to_string())
+        self.conn
+            .publish(channel, payload)
             .query_async(&mut conn)
             .await
     }
@@ -269,19 +292,22 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(2 * ids.len());
         for id in ids {
-            pipe.cmd("HMGET").arg(keys::conv_meta(id)).arg(&[
-                "kind",
-                "title",
-                "assistant",
-                "created",
-                "last",
-            ]);
-            pipe.cmd("SMEMBERS").arg(keys::conv_members(id));
+            let mut meta = redis::cmd("HMGET");
+            meta.arg(keys::conv_meta(id))
+                .arg(&["kind", "title", "assistant", "created", "last"]);
+            let mut members = redis::cmd("SMEMBERS");
+            members.arg(keys::conv_members(id));
+            cmds.push(meta);
+            cmds.push(members);
         }
         let mut conn = self.conn.clone();
-        let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let rows: Vec<Value> = conn
+            .query_many(cmds)
+            .await?
+            .into_iter()
+            .collect::<RedisResult<_>>()?;
         let mut out = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let meta: Vec<Option<String>> = rows
@@ -313,7 +339,8 @@ impl Store {
 
     /// Stored events with eventId > `since`, oldest first, and whether the client must refetch
     /// by REST instead: `since` is older than the kept history, or the replay would exceed
-    /// `max_events` or [`REPLAY_MAX_BYTES`].
+    /// `max_events` or [`REPLAY_MAX_BYTES`] — checked page by page while reading, so a resume
+    /// never holds more than the cap.
     pub async fn history(
         &self,
         id: Uuid,
@@ -321,42 +348,88 @@ impl Store {
         max_events: usize,
     ) -> RedisResult<(Vec<(u64, String)>, bool)> {
         let mut conn = self.conn.clone();
-        let key = keys::conv_events(&id);
-        let (first, entries): (Value, Value) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&key)
-            .arg(format!("({since}-1"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(max_events + 1)
-            .query_async(&mut conn)
-            .await?;
-        let parse = |v: Value| -> Vec<(u64, String)> {
-            let reply: redis::streams::StreamRangeReply =
-                redis::from_redis_value(v).unwrap_or_default();
-            reply
-                .ids
-                .into_iter()
-                .filter_map(|e| {
-                    let eid = confab_shared::streams::parse_stream_id(&e.id)?.0;
-                    Some((eid, e.get::<String>("e")?))
-                })
-                .collect()
-        };
-        let oldest = parse(first).first().map(|(eid, _)| *eid);
-        let events = parse(entries);
-        // Too much to replay over one socket: the client refetches by REST instead.
-        let too_much = events.len() > max_events
-            || events.iter().map(|(_, e)| e.len()).sum::<usize>() > REPLAY_MAX_BYTES;
-        let gap = too_much || matches!(oldest, Some(o) if o > since + 1);
-        Ok((if too_much { Vec::new() } else { events }, gap))
+        let keys = [keys::conv_events(&id), keys::conv_msgs(&id)];
+        let mut events: Vec<(u64, String)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut after = since;
+        let mut oldest: Option<u64> = None;
+        loop {
+            let request = HistoryRequest {
+                after,
+                count: HISTORY_PAGE,
+            };
+            let page: Value = self.history.run_raw(&mut conn, &keys, &request).await?;
+            let (first, entries) = parse_history_page(&page);
+            if oldest.is_none() {
+                oldest = first;
+            }
+            let n = entries.len();
+            for (eid, event) in entries {
+                after = eid;
+                let Some(event) = event else { continue };
+                let json = match event {
+                    HistoryEvent::Whole(json) => json,
+                    HistoryEvent::Message(raw) => match RawValue::from_string(raw) {
+                        Ok(message) => Event::Message {
+                            conversation_id: id,
+                            event_id: eid,
+                            message,
+                        }
+                        .to_json(),
+                        Err(_) => continue,
+                    },
+                };
+                bytes += json.len();
+                events.push((eid, json));
+                if events.len() > max_events || bytes > REPLAY_MAX_BYTES {
+                    // Too much to replay over one socket: the client refetches by REST.
+                    return Ok((Vec::new(), true));
+                }
+            }
+            if n < HISTORY_PAGE {
+                break;
+            }
+        }
+        let gap = matches!(oldest, Some(o) if o > since + 1);
+        Ok((events, gap))
     }
+}
+
+/// One stored event of history.lua's page: whole, or a message to wrap (`None`: deleted).
+enum HistoryEvent {
+    Whole(String),
+    Message(String),
+}
+
+/// history.lua's flat reply: the oldest kept eventId, then `(eventId, event)` per entry.
+fn parse_history_page(v: &Value) -> (Option<u64>, Vec<(u64, Option<HistoryEvent>)>) {
+    let Value::Array(items) = v else {
+        return (None, Vec::new());
+    };
+    let text = |v: &Value| redis::from_redis_value_ref::<String>(v).ok();
+    let eid = |v: &Value| {
+        text(v)
+            .and_then(|id| confab_shared::streams::parse_stream_id(&id))
+            .map(|(ms, _)| ms)
+    };
+    let oldest = items.first().and_then(eid);
+    let entries = items
+        .get(1..)
+        .unwrap_or_default()
+        .chunks(3)
+        .filter_map(|e| match e {
+            [id, kind, payload] => {
+                let event = match (text(kind).as_deref(), text(payload)) {
+                    (Some("m"), Some(p)) => Some(HistoryEvent::Message(p)),
+                    (Some("e"), Some(p)) => Some(HistoryEvent::Whole(p)),
+                    _ => None,
+                };
+                Some((eid(id)?, event))
+            }
+            _ => None,
+        })
+        .collect();
+    (oldest, entries)
 }
 
 pub fn ms_to_rfc3339(ms: u64) -> String {

@@ -44,6 +44,10 @@ impl fmt::Debug for Secret {
 pub struct Config {
     // --- shared ---
     pub redis_url: String,
+    pub redis_cluster: bool,
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout_ms: u64,
+    pub stream_partitions: u32,
     pub conversation_ttl_secs: u64,
     pub member_chat_ttl_secs: u64,
     pub max_message_bytes: usize,
@@ -89,6 +93,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
+            stream_partitions: 16,
             conversation_ttl_secs: 1800,
             member_chat_ttl_secs: 7 * 24 * 3600,
             max_message_bytes: 16 * 1024,
@@ -206,13 +214,49 @@ impl Config {
                 )));
             }
         }
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("unix://"))
-        {
+        let urls: Vec<&str> = self
+            .redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(ConfigError("REDIS_URL must not be empty".into()));
+        }
+        for url in &urls {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(ConfigError(format!(
+                    "REDIS_URL must start with redis://, rediss:// or unix:// (got {:?})",
+                    redact_url(url)
+                )));
+            }
+        }
+        if urls.len() > 1 && !self.redis_cluster {
+            return Err(ConfigError(
+                "REDIS_URL lists several servers: set REDIS_CLUSTER=true for a Redis Cluster"
+                    .into(),
+            ));
+        }
+        if !(1..=crate::partition::MAX_PARTITIONS).contains(&self.stream_partitions) {
             return Err(ConfigError(format!(
-                "REDIS_URL must start with redis://, rediss:// or unix:// (got {:?})",
-                redact_url(&self.redis_url)
+                "STREAM_PARTITIONS must be between 1 and {} (got {})",
+                crate::partition::MAX_PARTITIONS,
+                self.stream_partitions
+            )));
+        }
+        if self.redis_wait_replicas > 16 {
+            return Err(ConfigError(format!(
+                "REDIS_WAIT_REPLICAS must be at most 16 (got {})",
+                self.redis_wait_replicas
+            )));
+        }
+        if self.redis_wait_timeout_ms == 0 || self.redis_wait_timeout_ms > 60_000 {
+            return Err(ConfigError(format!(
+                "REDIS_WAIT_TIMEOUT_MS must be between 1 and 60000 (got {})",
+                self.redis_wait_timeout_ms
             )));
         }
         if !(self.openai_base_url.starts_with("http://")
@@ -253,6 +297,13 @@ impl Config {
     }
     pub fn claim_idle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.claim_idle_ms)
+    }
+    pub fn redis_wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.redis_wait_timeout_ms)
+    }
+    /// The partition layout (`STREAM_PARTITIONS`).
+    pub fn partitions(&self) -> crate::partition::Partitions {
+        crate::partition::Partitions::new(self.stream_partitions)
     }
 }
 
@@ -328,6 +379,31 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sk-verysecret"));
         assert_eq!(c.openai_api_key.expose(), "sk-verysecret");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let err = Config::from_vars(vars(&[("REDIS_URL", "redis://a:1,redis://b:2")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("REDIS_CLUSTER"));
+        let c = Config::from_vars(vars(&[
+            ("REDIS_URL", "redis://a:1, redis://b:2"),
+            ("REDIS_CLUSTER", "true"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.redis_cluster);
+        let err = Config::from_vars(vars(&[("STREAM_PARTITIONS", "0")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("STREAM_PARTITIONS"));
+        let err = Config::from_vars(vars(&[("REDIS_CLUSTER", "maybe")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("REDIS_CLUSTER"));
     }
 
     #[test]

@@ -1,17 +1,17 @@
 //! Events: what happened, fanned out to WebSocket clients by every gateway.
 //!
 //! Stored events (message, message_deleted, member_joined) carry an `eventId` that increases
-//! within their conversation; they are written by the persistence Lua script, which appends
-//! them to the conversation's history stream and publishes them on its channel in one atomic
-//! step, so Pub/Sub order is eventId order. Live-only events (typing, assistant deltas,
-//! conversation_expired) have no `eventId`. The JSON shapes here are the WebSocket protocol.
+//! within their conversation. Rust encodes them ([`Event::template`]); the persistence Lua
+//! script only splices in the eventId, appends them to the conversation's history and
+//! publishes them on its channel in one atomic step, so Pub/Sub order is eventId order.
+//! Live-only events (typing, assistant deltas, conversation_expired) have no `eventId`. The
+//! JSON shapes here are the WebSocket protocol.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::domain::Message;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
@@ -21,7 +21,8 @@ pub enum Event {
     Message {
         conversation_id: Uuid,
         event_id: u64,
-        message: Message,
+        /// The stored message JSON, passed through as it is.
+        message: Box<RawValue>,
     },
     MessageDeleted {
         conversation_id: Uuid,
@@ -72,16 +73,30 @@ pub enum Event {
     SessionRevoked {
         token_hash: String,
     },
-    /// Internal: ask the completion worker answering this conversation to stop.
-    CancelRequested {
-        conversation_id: Uuid,
-    },
 }
+
+/// What a stored event's JSON looks like up to its eventId, and after it.
+const EVENT_ID_SLOT: &str = "\"eventId\":0";
 
 impl Event {
     pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A stored event (built with `event_id: 0`) as the two halves around its eventId, for
+    /// the script that assigns it. Fields serialize in declaration order and `eventId` comes
+    /// before any payload, so its first occurrence is the field itself.
+    pub fn template(&self) -> (String, String) {
+        let json = self.to_json();
+        match json.find(EVENT_ID_SLOT) {
+            Some(at) => {
+                let head = &json[..at + EVENT_ID_SLOT.len() - 1];
+                let tail = &json[at + EVENT_ID_SLOT.len()..];
+                (head.to_string(), tail.to_string())
+            }
+            None => (json, String::new()),
+        }
     }
 }
 
@@ -95,18 +110,6 @@ pub struct ConversationSummary {
     pub assistant: bool,
     pub created_at: String,
     pub last_activity: String,
-}
-
-/// Just enough of an event to route and order it without parsing the payload.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventHeader {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub conversation_id: Option<Uuid>,
-    #[serde(default)]
-    pub event_id: Option<u64>,
 }
 
 #[cfg(test)]
@@ -135,8 +138,22 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&done.to_json()).unwrap_or_default();
         assert!(v.get("stopped").is_none());
-        let h: EventHeader = serde_json::from_str(r#"{"type":"message","conversationId":"00000000-0000-0000-0000-000000000000","eventId":7,"message":{}}"#)
+    }
+
+    #[test]
+    fn templates_split_at_the_event_id() {
+        let raw = RawValue::from_string(r#"{"content":"\"eventId\":0"}"#.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(h.event_id, Some(7));
+        let e = Event::Message {
+            conversation_id: Uuid::nil(),
+            event_id: 0,
+            message: raw,
+        };
+        let (head, tail) = e.template();
+        let json = format!("{head}42{tail}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(v["eventId"], 42);
+        assert_eq!(v["message"]["content"], "\"eventId\":0");
+        assert!(head.ends_with("\"eventId\":"), "{head}");
     }
 }

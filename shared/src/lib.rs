@@ -6,27 +6,31 @@
 //! ## Layout
 //! - [`config`]: every environment variable, its default and its validation.
 //! - [`domain`]: ids, senders, messages, ISO 8601 timestamps, usernames — and their rules.
-//! - [`commands`]: gateway → persistence commands (`confab:commands`), replies, completion jobs.
+//! - [`commands`]: gateway → persistence commands, replies, completion jobs.
 //! - [`events`]: what happened, as WebSocket clients receive it.
-//! - [`keys`]: every Redis key, stream and channel name (conversation keys share a hash tag).
+//! - [`partition`]: which partition a conversation's commands go to, and partition hash tags
+//!   that spread evenly over a Redis Cluster's primaries.
+//! - [`keys`]: every Redis key, stream and channel name.
+//! - [`db`]: connections to standalone Redis or a Redis Cluster, Pub/Sub flavour, multi-slot work.
 //! - [`streams`]: the consumer-group runner (read, reclaim, dead-letter, ack, trim).
-//! - [`redis_util`], [`telemetry`], [`shutdown`]: connections, tracing, signals.
+//! - [`scripting`], [`telemetry`], [`shutdown`]: Lua scripts by SHA, tracing, signals.
 //!
 //! ## Data flow
 //! ```text
-//! client ─REST/WS─▶ gateway ─XADD─▶ confab:commands ─XREADGROUP─▶ persistence worker
-//!                     ▲                                              │ Lua: write + XADD history
-//!                     │◀──── PUBLISH confab:reply:<gateway> ─────────┤      + PUBLISH confab:ev:<conv>
-//!                     │◀──── PUBLISH confab:ev:<conv> ───────────────┘
-//!                     │                                              └─XADD─▶ confab:completions ─▶ completion worker
+//! client ─REST/WS─▶ gateway ─XADD─▶ confab:cmd:{p} ──XREAD (owner of p)──▶ persistence worker
+//!                     ▲                                                   │ Lua per command: write,
+//!                     │◀──── (S)PUBLISH confab:reply:{gateway} ───────────┤  history, (S)PUBLISH event
+//!                     │◀──── (S)PUBLISH confab:ev:{conv} ─────────────────┘
+//!                     │                   commit (fenced): offset, trim, jobs ─▶ confab:jobs:{p} ─▶ completion
 //! ```
 
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod events;
 pub mod keys;
-pub mod redis_util;
+pub mod partition;
 pub mod scripting;
 pub mod shutdown;
 pub mod streams;

@@ -17,14 +17,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
 };
 use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_util;
+use crate::db::{Conn, Redis};
 
 /// Where and how one consumer reads.
 #[derive(Clone, Debug)]
@@ -71,19 +70,15 @@ pub enum Disposition {
 /// A consumer in a group, with its own blocking connection.
 pub struct GroupConsumer {
     cfg: GroupConfig,
-    conn: ConnectionManager,
-    read_conn: ConnectionManager,
+    conn: Conn,
+    read_conn: Conn,
     claim_cursor: String,
     last_claim: Option<Instant>,
 }
 
 impl GroupConsumer {
-    pub async fn new(
-        redis_url: &str,
-        conn: ConnectionManager,
-        cfg: GroupConfig,
-    ) -> RedisResult<Self> {
-        let read_conn = redis_util::blocking_connection(redis_url, cfg.block).await?;
+    pub async fn new(redis: &Redis, conn: Conn, cfg: GroupConfig) -> RedisResult<Self> {
+        let read_conn = redis.dedicated(cfg.block).await?;
         let mut me = Self {
             cfg,
             conn,
@@ -93,10 +88,6 @@ impl GroupConsumer {
         };
         ensure_group(&mut me.conn, &me.cfg.stream, &me.cfg.group).await?;
         Ok(me)
-    }
-
-    pub fn config(&self) -> &GroupConfig {
-        &self.cfg
     }
 
     /// Entries to work on: reclaimed ones when a reclaim is due and finds some, else new ones
@@ -229,7 +220,7 @@ impl GroupConsumer {
 /// Acknowledges, dead-letters and keeps alive entries of one consumer; cheap to clone.
 #[derive(Clone)]
 pub struct Acker {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: GroupConfig,
 }
 
@@ -316,11 +307,7 @@ fn into_delivery(s: StreamId, deliveries: u64) -> Delivery {
 }
 
 /// `XGROUP CREATE stream group 0 MKSTREAM`, tolerating an existing group.
-pub async fn ensure_group(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-) -> RedisResult<()> {
+pub async fn ensure_group(conn: &mut Conn, stream: &str, group: &str) -> RedisResult<()> {
     let res: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -336,11 +323,7 @@ pub async fn ensure_group(
 }
 
 /// Whether `group` exists on `stream` (readiness checks).
-pub async fn group_exists(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-) -> RedisResult<bool> {
+pub async fn group_exists(conn: &mut Conn, stream: &str, group: &str) -> RedisResult<bool> {
     let res: RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -355,7 +338,7 @@ pub async fn group_exists(
 
 /// Removes entries that every group has delivered and acknowledged (exactly, not `~`: the
 /// backlog cap counts `XLEN`, so acknowledged entries must really go). Returns how many went.
-pub async fn trim_consumed(conn: &mut ConnectionManager, stream: &str) -> RedisResult<u64> {
+pub async fn trim_consumed(conn: &mut Conn, stream: &str) -> RedisResult<u64> {
     let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)

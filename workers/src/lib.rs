@@ -2,11 +2,13 @@
 //!
 //! The worker roles, each a consumer of Redis and nothing else (never of the gateway):
 //!
-//! - [`persistence`]: the `persistence` consumer group on `confab:commands` — applies commands
-//!   atomically (`lua/apply.lua`), publishes events and replies, enqueues completion jobs.
+//! - [`persistence`]: owns partitions of the command streams (`confab:cmd:{p}`), one replica
+//!   per partition at a time, and applies their commands in order (`lua/apply.lua`):
+//!   writes, events, replies, completion jobs.
 //! - [`cleanup`]: deletes conversations after their inactivity timeout (`lua/expire.lua`).
-//! - [`completion`]: the `completion` consumer group on `confab:completions` — streams the
-//!   assistant's answers from an OpenAI-compatible API through async-openai.
+//! - [`completion`]: the `completion` consumer group on every partition's job stream
+//!   (`confab:jobs:{p}`) — streams the assistant's answers from an OpenAI-compatible API
+//!   through async-openai.
 //!
 //! [`run`] starts one role and returns when the shutdown token fires and in-flight work is
 //! done and acknowledged. Any number of replicas of each role may run.
@@ -18,10 +20,9 @@ pub mod persistence;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use confab_shared::keys;
-use confab_shared::streams::{self, GroupConfig, GroupConsumer};
-use confab_shared::{redis_util, Config};
+use confab_shared::db::Redis;
+use confab_shared::streams::GroupConfig;
+use confab_shared::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +61,12 @@ pub fn consumer_name(cfg: &Config, role: Role) -> String {
     })
 }
 
+/// A consumer of `group` on `stream`, dead-lettering into `dead_letters`.
 pub fn group_config(
     cfg: &Config,
     stream: &str,
     group: &str,
+    dead_letters: &str,
     consumer: String,
     batch: usize,
 ) -> GroupConfig {
@@ -75,7 +78,7 @@ pub fn group_config(
         block: Duration::from_millis(1000),
         claim_idle: cfg.claim_idle(),
         max_deliveries: cfg.max_deliveries,
-        dead_letter_stream: keys::DEAD_LETTER_STREAM.into(),
+        dead_letter_stream: dead_letters.into(),
         dead_letter_max_len: cfg.dead_letter_max_len,
     }
 }
@@ -83,39 +86,23 @@ pub fn group_config(
 /// Runs one role until `cancel` fires.
 pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let Some(conn) =
-        redis_util::connect_with_retry(&cfg.redis_url, Duration::from_secs(5), &cancel).await
+    let redis = Redis::from_config(&cfg);
+    let Some(conn) = redis
+        .connect_with_retry(Duration::from_secs(5), &cancel)
+        .await
     else {
         return Ok(());
     };
     match role {
         Role::Persistence => {
             let name = consumer_name(&cfg, role);
-            let gc = group_config(
-                &cfg,
-                keys::COMMANDS_STREAM,
-                keys::PERSISTENCE_GROUP,
-                name,
-                cfg.worker_batch_size,
-            );
-            let consumer = GroupConsumer::new(&cfg.redis_url, conn.clone(), gc)
-                .await
-                .context("joining the persistence group")?;
-            let handler = persistence::Persistence::new(conn.clone(), cfg.clone())
-                .await
-                .context("loading scripts")?;
-            let upkeep = tokio::spawn(persistence::housekeeping(conn, cancel.clone()));
-            streams::run(consumer, cancel, |batch| handler.handle(batch)).await;
-            let _ = upkeep.await;
+            persistence::run(cfg, redis, conn, name, cancel).await?;
         }
         Role::Cleanup => {
-            let cleanup = cleanup::Cleanup::new(conn)
-                .await
-                .context("loading scripts")?;
-            cleanup.run(cancel).await;
+            cleanup::Cleanup::new(conn, &cfg).await?.run(cancel).await;
         }
         Role::Completion => {
-            completion::run(cfg, conn, cancel).await?;
+            completion::run(cfg, redis, conn, cancel).await?;
         }
     }
     Ok(())

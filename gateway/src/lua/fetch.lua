@@ -1,12 +1,23 @@
--- Reads a conversation in one round trip, messages in send order.
--- KEYS[1] meta  KEYS[2] order  KEYS[3] msgs  KEYS[4] members   ARGV[1] signed-in user or ''
--- Returns false when it does not exist or is a member chat the caller is not in, else
--- { kind, title, assistant, lastEventId, created, last, { members... }, { message JSON... } }.
-local m = redis.call('HMGET', KEYS[1], 'kind', 'title', 'assistant', 'eseq', 'created', 'last')
+-- fetch.lua — reads a conversation in one round trip, messages in send order.
+--
+-- KEYS[1] meta, KEYS[2] order, KEYS[3] msgs, KEYS[4] members (one hash tag).
+-- ARGV[1]: the request, MessagePack — `FetchRequest` in store.rs: actor (the signed-in
+-- user, or '').
+-- Returns false when the conversation does not exist, is past its inactivity deadline
+-- (cleanup deletes it shortly), or is a member chat the actor is not in; else a flat array,
+-- so the messages pass through without re-encoding:
+--   { kind, title, assistant, lastEventId, created, last, { members… }, { message JSON… } }
+local req = cmsgpack.unpack(ARGV[1])
+local m = redis.call('HMGET', KEYS[1], 'kind', 'title', 'assistant', 'eseq', 'created', 'last', 'deadline')
 if not m[1] then
   return false
 end
-if m[1] == 'member' and (ARGV[1] == '' or redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(m[7] or '0') <= now then
+  return false
+end
+if m[1] == 'member' and (req.actor == '' or redis.call('SISMEMBER', KEYS[4], req.actor) == 0) then
   return false
 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)

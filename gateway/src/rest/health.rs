@@ -1,7 +1,8 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (Redis answers, the consumer
+//! `GET /healthz` (the process answers) and `GET /readyz` (Redis answers, the completion
 //! groups exist, this gateway's reply subscription is live).
 
-use confab_shared::{keys, streams};
+use confab_shared::keys::{self, PartitionKeys};
+use confab_shared::streams;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -15,8 +16,9 @@ pub async fn healthz() -> Response {
 pub async fn readyz(state: AppState) -> Response {
     let mut conn = state.store.conn();
     let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    let groups =
-        streams::group_exists(&mut conn, keys::COMMANDS_STREAM, keys::PERSISTENCE_GROUP).await;
+    // One partition's group stands for all: the gateway creates them together at start-up.
+    let first = PartitionKeys::new(&state.cfg.partitions(), 0);
+    let groups = streams::group_exists(&mut conn, &first.jobs, keys::COMPLETION_GROUP).await;
     if !state.bus.healthy() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -30,7 +32,7 @@ pub async fn readyz(state: AppState) -> Response {
         ),
         (Ok(_), _) => json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not_ready", "reason": "the persistence consumer group does not exist yet"}),
+            &serde_json::json!({"status": "not_ready", "reason": "the completion consumer groups do not exist yet"}),
         ),
         (Err(e), _) => {
             tracing::warn!(error = %e, "readiness: Redis unreachable");

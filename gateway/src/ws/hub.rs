@@ -192,6 +192,14 @@ impl Hub {
         }
     }
 
+    /// Every channel some local connection listens on.
+    pub fn channels(&self) -> Vec<String> {
+        self.channels
+            .lock()
+            .map(|c| c.listeners.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether any local connection listens on `channel`.
     pub fn wants(&self, channel: &str) -> bool {
         self.channels

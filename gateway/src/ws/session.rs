@@ -484,13 +484,14 @@ impl Conn {
             serde_json::json!({"type": "typing", "conversationId": id, "username": username});
         // Tagged with its origin so the typist's own session skips it.
         ev["from"] = self.origin().into();
-        let ev = ev.to_string();
-        let mut conn = self.state.store.conn();
-        let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
-            .arg(keys::conv_channel(&id))
-            .arg(ev)
-            .query_async(&mut conn)
-            .await;
+        if let Err(e) = self
+            .state
+            .store
+            .publish(&keys::conv_channel(&id), &ev.to_string())
+            .await
+        {
+            tracing::debug!(error = %e, "publishing a typing notice failed");
+        }
         Ok(Vec::new())
     }
 

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 pub use http::{assert_error, conversation_id, keys_of, str_field, Answer, Http};
 pub use process::{bin_dir, free_port, log_dir, ChildProc};
-pub use redis_server::Redis;
+pub use redis_server::{partition_count, Mode, Node, Redis};
 pub use services::{Gateway, Stack, Worker, START_TIMEOUT, STOP_TIMEOUT};
 pub use ws::{send_frame, Ws, WsEvent, WsOptions, WS_WAIT};
 
@@ -84,7 +84,7 @@ pub async fn eventually_true(what: &str, timeout: Duration, mut check: impl Asyn
     eventually(what, timeout, async || check().await.then_some(())).await
 }
 
-/// The JSON of a `send_message` command as a gateway would append it to `confab:commands`
+/// The JSON of a `send_message` command as a gateway would append it to its partition stream
 /// (without `replyTo`: nobody waits for the answer). Returns `(command, messageId)`.
 pub fn send_command(conversation: &str, sender: &str, content: &str) -> (String, String) {
     let message_id = random_id();
@@ -120,4 +120,22 @@ pub fn conv_key_pattern(conversation: &str) -> String {
 /// A conversation's event history stream, `confab:conv:{<id>}:events`.
 pub fn events_key(conversation: &str) -> String {
     format!("confab:conv:{{{conversation}}}:events")
+}
+
+/// Runs each named scenario `async fn name(mode: Mode)` twice: as `name::standalone` against
+/// one `redis-server` and as `name::cluster` against a 3-primary Redis Cluster.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$scenario($crate::Mode::Standalone).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$scenario($crate::Mode::Cluster).await
+            }
+        }
+    )*};
 }

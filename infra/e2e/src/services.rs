@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::Http;
 use crate::process::{confab_binary, free_port, next_seq, ChildProc};
-use crate::redis_server::Redis;
+use crate::redis_server::{Mode, Redis};
 
 /// How long a process may take to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,11 +20,15 @@ fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn base_env(redis: &Redis) -> Vec<(String, String)> {
-    vec![
-        ("REDIS_URL".into(), redis.url().to_string()),
+    let mut env = redis.env();
+    env.extend([
         ("RUST_LOG".into(), "info".into()),
         ("NO_COLOR".into(), "1".into()),
-    ]
+    ]);
+    if let Ok(p) = std::env::var("CONFAB_E2E_PARTITIONS") {
+        env.push(("STREAM_PARTITIONS".into(), p));
+    }
+    env
 }
 
 /// A `gateway` process on its own port.
@@ -162,30 +166,25 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `workers <role>` with `WORKER_NAME` set to a unique name and `env` overrides,
-    /// and waits until Redis sees a new connection of it doing its job: a blocking
-    /// `XREADGROUP` for a persistence worker, a `ZRANGEBYSCORE` poll for a cleanup worker.
+    /// and waits until it does its job: a persistence worker is in the membership set and
+    /// every partition has an owner (it owns its share once the rebalance settles); a cleanup
+    /// or completion worker has logged that it started.
     pub async fn start(redis: &Redis, role: &str, env: &[(&str, &str)]) -> Worker {
         let name = format!("e2e-{role}-{}", next_seq());
         let mut all = base_env(redis);
         all.push(("WORKER_NAME".into(), name.clone()));
         all.extend(owned_env(env));
-        let before = max_client_id(redis).await;
         let proc = ChildProc::spawn(&name, &confab_binary("workers"), &[role.to_string()], &all);
         let mut w = Worker {
             role: role.to_string(),
             name,
             proc,
         };
-        w.wait_ready(redis, before).await;
+        w.wait_ready(redis).await;
         w
     }
 
-    async fn wait_ready(&mut self, redis: &Redis, clients_before: u64) {
-        let signature = match self.role.as_str() {
-            "persistence" => "xreadgroup",
-            "cleanup" => "zrangebyscore",
-            _ => return,
-        };
+    async fn wait_ready(&mut self, redis: &Redis) {
         let start = Instant::now();
         while start.elapsed() < START_TIMEOUT {
             if let Some(status) = self.proc.exited() {
@@ -194,13 +193,41 @@ impl Worker {
                     self.name
                 );
             }
-            let list: String = redis.try_q(&["CLIENT", "LIST"]).await.unwrap_or_default();
-            if clients(&list).any(|(id, cmd)| id > clients_before && cmd == signature) {
+            let ready = match self.role.as_str() {
+                "persistence" => self.owns_its_share(redis).await,
+                "cleanup" => self.proc.log().contains("cleanup worker started"),
+                "completion" => self.proc.log().contains("completion worker started"),
+                _ => true,
+            };
+            if ready {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("worker {} not ready within {START_TIMEOUT:?}", self.name);
+        panic!(
+            "worker {} not ready within {START_TIMEOUT:?}\n{}",
+            self.name,
+            self.proc.log_tail(20)
+        );
+    }
+
+    /// A member, and the rebalance settled: every partition owned by a live member, each
+    /// member holding ⌊P/N⌋ or ⌈P/N⌉ of them.
+    async fn owns_its_share(&self, redis: &Redis) -> bool {
+        let members = redis.persistence_members().await;
+        if !members.contains(&self.name) {
+            return false;
+        }
+        let owners = redis.partition_owners().await;
+        let (p, n) = (owners.len(), members.len());
+        let all_owned = owners
+            .iter()
+            .all(|o| o.as_ref().is_some_and(|o| members.contains(o)));
+        all_owned
+            && members.iter().all(|m| {
+                let held = owners.iter().filter(|o| o.as_ref() == Some(m)).count();
+                held == p / n || held == p.div_ceil(n)
+            })
     }
 
     pub fn role(&self) -> &str {
@@ -233,27 +260,25 @@ impl Worker {
     }
 }
 
-/// `(client id, last command)` of each line of `CLIENT LIST`.
-fn clients(list: &str) -> impl Iterator<Item = (u64, &str)> {
-    list.lines().filter_map(|line| {
-        let field = |name: &str| {
-            line.split(' ')
-                .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
-        };
-        Some((field("id")?.parse().ok()?, field("cmd")?))
-    })
-}
-
-async fn max_client_id(redis: &Redis) -> u64 {
-    let list: String = redis.q(&["CLIENT", "LIST"]).await;
-    clients(&list).map(|(id, _)| id).max().unwrap_or(0)
-}
-
 /// A Redis with gateways and workers. Fields drop in order: processes before Redis.
+///
+/// In normal operation the dead-letter streams stay empty: dropping a stack checks that
+/// (unless the test is already failing, or said [`Stack::expect_dead_letters`]).
 pub struct Stack {
     pub gateways: Vec<Gateway>,
     pub workers: Vec<Worker>,
     pub redis: Redis,
+    dead_letters_expected: bool,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.dead_letters_expected || std::thread::panicking() {
+            return;
+        }
+        let dead = self.redis.dead_letter_count_blocking();
+        assert_eq!(dead, 0, "the scenario left {dead} dead letters");
+    }
 }
 
 impl Stack {
@@ -270,11 +295,23 @@ impl Stack {
         cleanup: usize,
         env: &[(&str, &str)],
     ) -> Stack {
-        let redis = Redis::start().await;
+        Self::in_mode(Mode::Standalone, gateways, persistence, cleanup, env).await
+    }
+
+    /// [`Stack::with`] on a standalone Redis or a Redis Cluster.
+    pub async fn in_mode(
+        mode: Mode,
+        gateways: usize,
+        persistence: usize,
+        cleanup: usize,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let redis = Redis::start_in(mode).await;
         let mut stack = Stack {
             gateways: Vec::new(),
             workers: Vec::new(),
             redis,
+            dead_letters_expected: false,
         };
         for _ in 0..persistence {
             stack.add_worker("persistence", env).await;
@@ -300,6 +337,11 @@ impl Stack {
         self.workers.push(w);
         let last = self.workers.len() - 1;
         &mut self.workers[last]
+    }
+
+    /// This scenario dead-letters on purpose (poison entries): skip the check on drop.
+    pub fn expect_dead_letters(&mut self) {
+        self.dead_letters_expected = true;
     }
 
     /// The first gateway.

@@ -1,7 +1,8 @@
 //! Inactive conversations disappear: deleted by the cleanup workers (which announce it with
 //! one `conversation_expired` per conversation, however many workers run), kept alive by
 //! activity, and still removed by Redis's own key TTLs when no cleanup worker runs.
-//! `CONVERSATION_TTL_SECS=2` throughout.
+//! `CONVERSATION_TTL_SECS=2` throughout; every scenario runs on standalone Redis and on a
+//! Redis Cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use confab_e2e::*;
-use futures::StreamExt;
 
 const TTL: Duration = Duration::from_secs(2);
 const ENV: [(&str, &str); 1] = [("CONVERSATION_TTL_SECS", "2")];
@@ -21,23 +21,37 @@ async fn is_gone(stack: &Stack, http: &Http, conv: &str) -> bool {
         && stack.redis.keys(&conv_key_pattern(conv)).await.is_empty()
 }
 
-/// Collects every Pub/Sub message on `confab:ev:*` in the background.
-async fn watch_events(stack: &Stack) -> Arc<Mutex<Vec<(String, String)>>> {
-    let mut pubsub = stack.redis.pubsub().await;
-    pubsub.psubscribe("confab:ev:*").await.unwrap();
+/// A conversation's event channel.
+fn channel(conv: &str) -> String {
+    format!("confab:ev:{{{conv}}}")
+}
+
+/// Collects every Pub/Sub message on the conversations' channels in the background.
+async fn watch_events(stack: &Stack, convs: &[String]) -> Arc<Mutex<Vec<(String, String)>>> {
+    let channels: Vec<String> = convs.iter().map(|c| channel(c)).collect();
+    let mut rx = stack.redis.subscribe(&channels).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     tokio::spawn(async move {
-        let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            let payload: String = msg.get_payload().unwrap_or_default();
-            sink.lock()
-                .unwrap()
-                .push((msg.get_channel_name().to_string(), payload));
+        while let Some(m) = rx.recv().await {
+            sink.lock().unwrap().push(m);
         }
     });
     seen
 }
+
+/// The conversation's entry in its partition's cleanup index.
+async fn indexed(stack: &Stack, conv: &str) -> Option<u64> {
+    let index = stack.redis.partition_of(conv).activity;
+    stack.redis.q(&["ZSCORE", &index, conv]).await
+}
+
+in_both_modes!(
+    an_idle_conversation_is_deleted_after_its_ttl,
+    activity_keeps_a_conversation_alive_until_it_stops,
+    two_cleanup_workers_expire_each_conversation_exactly_once,
+    without_a_cleanup_worker_the_keys_still_vanish,
+);
 
 /// The `conversation_expired` notices seen so far, per channel.
 fn expiries(seen: &Mutex<Vec<(String, String)>>) -> HashMap<String, Vec<String>> {
@@ -52,18 +66,17 @@ fn expiries(seen: &Mutex<Vec<(String, String)>>) -> HashMap<String, Vec<String>>
     out
 }
 
-#[tokio::test]
-async fn an_idle_conversation_is_deleted_after_its_ttl() {
-    let stack = Stack::with(1, 1, 1, &ENV).await;
+async fn an_idle_conversation_is_deleted_after_its_ttl(mode: Mode) {
+    let stack = Stack::in_mode(mode, 1, 1, 1, &ENV).await;
     let http = stack.http();
-    let events = watch_events(&stack).await;
     let conv = http.create_conversation().await;
+    let events = watch_events(&stack, std::slice::from_ref(&conv)).await;
     let last_write = Instant::now();
     let mid = http.send_ok(&conv, "customer", "hello").await;
     assert_eq!(http.messages(&conv).await.len(), 1);
     let keys = stack.redis.keys(&conv_key_pattern(&conv)).await;
     assert!(keys.len() >= 4, "the conversation's keys exist: {keys:?}");
-    let deadline: Option<u64> = stack.redis.q(&["ZSCORE", "confab:activity", &conv]).await;
+    let deadline = indexed(&stack, &conv).await;
     assert!(
         deadline.is_some(),
         "the conversation is in the cleanup index"
@@ -81,9 +94,8 @@ async fn an_idle_conversation_is_deleted_after_its_ttl() {
     );
 
     // The cleanup worker deleted it (not the keys' TTL): it announced it once, and forgot it.
-    let channel = format!("confab:ev:{conv}");
     let notices = eventually("conversation_expired is published", DEADLINE, async || {
-        expiries(&events).remove(&channel)
+        expiries(&events).remove(&channel(&conv))
     })
     .await;
     assert_eq!(notices.len(), 1, "{notices:?}");
@@ -92,8 +104,11 @@ async fn an_idle_conversation_is_deleted_after_its_ttl() {
         notice,
         json!({"type": "conversation_expired", "conversationId": conv})
     );
-    let index: Option<u64> = stack.redis.q(&["ZSCORE", "confab:activity", &conv]).await;
-    assert_eq!(index, None, "removed from the cleanup index");
+    assert_eq!(
+        indexed(&stack, &conv).await,
+        None,
+        "removed from the cleanup index"
+    );
 
     // Every endpoint treats it as unknown now.
     assert_error(&http.conversation(&conv).await, 404, "not_found");
@@ -111,9 +126,8 @@ async fn an_idle_conversation_is_deleted_after_its_ttl() {
     );
 }
 
-#[tokio::test]
-async fn activity_keeps_a_conversation_alive_until_it_stops() {
-    let stack = Stack::with(1, 1, 1, &ENV).await;
+async fn activity_keeps_a_conversation_alive_until_it_stops(mode: Mode) {
+    let stack = Stack::in_mode(mode, 1, 1, 1, &ENV).await;
     let http = stack.http();
     let conv = http.create_conversation().await;
     // Writes every 500 ms for twice the timeout: every one must find the conversation.
@@ -153,18 +167,16 @@ async fn activity_keeps_a_conversation_alive_until_it_stops() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_cleanup_workers_expire_each_conversation_exactly_once() {
-    let stack = Stack::with(1, 1, 2, &ENV).await;
+async fn two_cleanup_workers_expire_each_conversation_exactly_once(mode: Mode) {
+    let stack = Stack::in_mode(mode, 1, 1, 2, &ENV).await;
     let http = stack.http();
-    let events = watch_events(&stack).await;
     let mut convs = Vec::new();
-    for i in 0..8 {
-        let conv = http.create_conversation().await;
-        if i % 2 == 0 {
-            http.send_ok(&conv, "customer", "hi").await;
-        }
-        convs.push(conv);
+    for _ in 0..8 {
+        convs.push(http.create_conversation().await);
+    }
+    let events = watch_events(&stack, &convs).await;
+    for conv in convs.iter().step_by(2) {
+        http.send_ok(conv, "customer", "hi").await;
     }
     for conv in &convs {
         eventually_true("every conversation is deleted", DEADLINE, async || {
@@ -174,9 +186,7 @@ async fn two_cleanup_workers_expire_each_conversation_exactly_once() {
     }
     eventually_true("each conversation is announced", DEADLINE, async || {
         let seen = expiries(&events);
-        convs
-            .iter()
-            .all(|c| seen.contains_key(&format!("confab:ev:{c}")))
+        convs.iter().all(|c| seen.contains_key(&channel(c)))
     })
     .await;
     // A duplicate would come from the other worker's next pass (every 200 ms): give it
@@ -185,7 +195,7 @@ async fn two_cleanup_workers_expire_each_conversation_exactly_once() {
     let seen = expiries(&events);
     assert_eq!(seen.len(), convs.len(), "{seen:?}");
     for conv in &convs {
-        let notices = &seen[&format!("confab:ev:{conv}")];
+        let notices = &seen[&channel(conv)];
         assert_eq!(notices.len(), 1, "{conv} expired {} times", notices.len());
         let notice: Value = serde_json::from_str(&notices[0]).unwrap();
         assert_eq!(
@@ -193,13 +203,15 @@ async fn two_cleanup_workers_expire_each_conversation_exactly_once() {
             json!({"type": "conversation_expired", "conversationId": conv})
         );
     }
-    let index: u64 = stack.redis.q(&["ZCARD", "confab:activity"]).await;
+    let mut index = 0u64;
+    for pk in stack.redis.partitions() {
+        index += stack.redis.q::<u64>(&["ZCARD", &pk.activity]).await;
+    }
     assert_eq!(index, 0, "the cleanup index is empty");
 }
 
-#[tokio::test]
-async fn without_a_cleanup_worker_the_keys_still_vanish() {
-    let stack = Stack::with(1, 1, 0, &ENV).await;
+async fn without_a_cleanup_worker_the_keys_still_vanish(mode: Mode) {
+    let stack = Stack::in_mode(mode, 1, 1, 0, &ENV).await;
     let http = stack.http();
     let conv = http.create_conversation().await;
     let last_write = Instant::now();

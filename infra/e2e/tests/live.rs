@@ -1141,10 +1141,7 @@ async fn a_pubsub_outage_is_caught_up_from_history_without_gaps() {
     // not hear a reply now) and published to nobody.
     for n in 0..4 {
         let (command, id) = send_command(&conv, "agent", &format!("during {n}"));
-        let _: String = stack
-            .redis
-            .q(&["XADD", "confab:commands", "*", "c", &command])
-            .await;
+        stack.redis.append_command(&conv, &command).await;
         ids.push(id);
     }
     eventually_true("the outage messages are stored", DEADLINE, async || {
@@ -1161,7 +1158,7 @@ async fn a_pubsub_outage_is_caught_up_from_history_without_gaps() {
     assert_eq!(eids, range(4, 7));
     assert_eq!(mids, ids[3..7].to_vec());
     // The gateway resubscribes: replies and live events flow again.
-    let channel = format!("confab:ev:{conv}");
+    let channel = format!("confab:ev:{{{conv}}}");
     eventually_true("the gateway resubscribed", DEADLINE, async || {
         let v: Vec<(String, u64)> = stack.redis.q(&["PUBSUB", "NUMSUB", &channel]).await;
         v.first().is_some_and(|(_, n)| *n == 1)

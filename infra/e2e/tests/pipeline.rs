@@ -2,6 +2,7 @@
 //! a worker killed mid-load, poison entries, replayed commands, stream trimming, and a
 //! graceful worker stop. "Exactly once" is checked three ways: the REST view, the
 //! conversation's event history (one `message` event per message), and its counters.
+//! Partition ownership and order with several replicas live in `ownership.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -87,10 +88,28 @@ async fn sends_through_two_gateways_land_once_in_order() {
     }
     let all: HashSet<&String> = sent.iter().flatten().collect();
     assert_eq!(all.len(), 4 * per_conv, "message ids are unique");
-    assert_eq!(
-        stack.redis.q::<u64>(&["XLEN", "confab:dead-letter"]).await,
-        0
-    );
+    stack.redis.assert_no_dead_letters().await;
+}
+
+/// Creates conversations until there are `n` in partitions of each persistence worker.
+async fn conversations_of_each(stack: &Stack, http: &Http, n: usize) -> Vec<String> {
+    let owners = stack.redis.partition_owners().await;
+    let mut picked: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..200 {
+        let conv = http.create_conversation().await;
+        let p = stack.redis.partition_of(&conv).index as usize;
+        let owner = owners[p].clone().unwrap_or_default();
+        let mine = picked.entry(owner).or_default();
+        if mine.len() < n {
+            mine.push(conv);
+        }
+        if picked.len() == stack.workers.len() && picked.values().all(|v| v.len() == n) {
+            let mut all: Vec<String> = picked.into_values().flatten().collect();
+            all.sort();
+            return all;
+        }
+    }
+    panic!("could not place conversations on every worker: {picked:?}");
 }
 
 /// One sender's record: content → (status, messageId if 201).
@@ -101,10 +120,8 @@ async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
     let env = [("CLAIM_IDLE_MS", "1000"), ("REQUEST_TIMEOUT_MS", "30000")];
     let mut stack = Stack::with(2, 2, 0, &env).await;
     let gws = [stack.gateways[0].http(), stack.gateways[1].http()];
-    let mut convs = Vec::new();
-    for i in 0..4 {
-        convs.push(gws[i % 2].create_conversation().await);
-    }
+    // Two conversations in partitions of each worker, so the victim certainly dies with work.
+    let convs = conversations_of_each(&stack, &gws[0], 2).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
@@ -140,26 +157,28 @@ async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
     )
     .await;
 
-    // The victim is frozen first so that it certainly dies holding entries it has read but
-    // not applied (Redis hands a blocked XREADGROUP its entries even while it is stopped).
+    // The victim is frozen first so that it certainly dies with commands of its partitions
+    // waiting unapplied (its leases hold them until they lapse).
     let victim_name = stack.workers[0].name().to_string();
-    let mut orphaned = 0;
-    for _attempt in 0..40 {
-        // Stopped between two reads it would hold nothing: let it run a moment and retry.
-        stack.workers[0].process().signal(libc::SIGSTOP);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
-        while orphaned == 0 && std::time::Instant::now() < deadline {
-            orphaned = stack.redis.pending_of(&victim_name).await;
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        if orphaned > 0 {
-            break;
-        }
-        stack.workers[0].process().signal(libc::SIGCONT);
-    }
-    assert!(orphaned > 0, "the frozen worker never held an entry");
+    stack.workers[0].process().signal(libc::SIGSTOP);
+    let redis = &stack.redis;
+    let orphaned = eventually(
+        "commands waiting on the frozen worker",
+        PROGRESS,
+        async || {
+            let owners = redis.partition_owners().await;
+            let mut waiting = 0;
+            for (pk, owner) in redis.partitions().iter().zip(owners) {
+                if owner.as_deref() == Some(victim_name.as_str()) {
+                    waiting += redis.q::<u64>(&["XLEN", &pk.commands]).await;
+                }
+            }
+            (waiting > 0).then_some(waiting)
+        },
+    )
+    .await;
     stack.workers[0].kill9();
-    println!("SIGKILLed {victim_name} holding {orphaned} entries");
+    println!("SIGKILLed {victim_name} with {orphaned} commands waiting in its partitions");
 
     let at_kill = count();
     eventually_true(
@@ -174,11 +193,20 @@ async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
         results.push(s.await.unwrap());
     }
 
-    // The dead consumer's entries were reclaimed by the survivor.
+    // The survivor took over every partition and applied what waited.
+    let survivor = stack.workers[1].name().to_string();
     eventually_true(
-        "the dead consumer has nothing pending",
+        "the survivor owns every partition and nothing waits",
         DEADLINE,
-        async || stack.redis.pending_of(&victim_name).await == 0,
+        async || {
+            stack
+                .redis
+                .partition_owners()
+                .await
+                .iter()
+                .all(|o| o.as_deref() == Some(survivor.as_str()))
+                && stack.redis.backlog().await == 0
+        },
     )
     .await;
 
@@ -249,32 +277,31 @@ async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
             .await;
         assert_eq!(mseq, sent.len() as u64, "message counter of {conv}");
     }
-    assert_eq!(
-        stack.redis.q::<u64>(&["XLEN", "confab:dead-letter"]).await,
-        0
-    );
+    stack.redis.assert_no_dead_letters().await;
     assert!(stack.workers[1].is_running());
 }
 
 #[tokio::test]
 async fn poison_entries_are_dead_lettered_and_the_worker_goes_on() {
     let mut stack = Stack::start(&[]).await;
+    stack.expect_dead_letters();
     let http = stack.http();
     let conv = http.create_conversation().await;
+    let stream = stack.redis.partition_of(&conv).commands;
 
     let garbage: String = stack
         .redis
-        .q(&["XADD", "confab:commands", "*", "c", "this is {not json"])
+        .q(&["XADD", &stream, "*", "c", "this is {not json"])
         .await;
     let no_field: String = stack
         .redis
-        .q(&["XADD", "confab:commands", "*", "x", "no command field"])
+        .q(&["XADD", &stream, "*", "x", "no command field"])
         .await;
     let bad_kind: String = stack
         .redis
         .q(&[
             "XADD",
-            "confab:commands",
+            &stream,
             "*",
             "c",
             &format!(
@@ -284,7 +311,7 @@ async fn poison_entries_are_dead_lettered_and_the_worker_goes_on() {
         ])
         .await;
     let dead = eventually("three dead letters", DEADLINE, async || {
-        let d = stack.redis.stream("confab:dead-letter").await;
+        let d = stack.redis.dead_letters().await;
         (d.len() >= 3).then_some(d)
     })
     .await;
@@ -299,17 +326,16 @@ async fn poison_entries_are_dead_lettered_and_the_worker_goes_on() {
         let f = by_entry
             .get(entry)
             .unwrap_or_else(|| panic!("entry {entry} not dead-lettered: {dead:?}"));
-        assert_eq!(f["stream"], "confab:commands");
-        assert_eq!(f["group"], "persistence");
+        assert_eq!(f["stream"], stream);
         assert!(!f["reason"].trim().is_empty(), "{f:?}");
         assert!(f["payload"].contains(needle), "{f:?}");
     }
 
-    // The worker goes on: new commands are applied, nothing is left pending.
+    // The worker goes on: new commands are applied, nothing is left waiting.
     http.send_ok(&conv, "customer", "after the poison").await;
     assert_eq!(http.messages(&conv).await.len(), 1);
-    eventually_true("nothing pending", DEADLINE, async || {
-        stack.redis.pending_of(stack.workers[0].name()).await == 0
+    eventually_true("nothing waiting", DEADLINE, async || {
+        stack.redis.backlog().await == 0
     })
     .await;
     assert!(stack.workers[0].is_running());
@@ -339,18 +365,12 @@ async fn a_replayed_command_is_applied_once() {
     })
     .to_string();
     for _ in 0..2 {
-        let _: String = stack
-            .redis
-            .q(&["XADD", "confab:commands", "*", "c", &command])
-            .await;
+        stack.redis.append_command(&conv, &command).await;
     }
     // A REST send after both entries is applied after them (one worker, stream order).
     let second = http.send_ok(&conv, "customer", "second").await;
     // And a replay long after the original.
-    let _: String = stack
-        .redis
-        .q(&["XADD", "confab:commands", "*", "c", &command])
-        .await;
+    stack.redis.append_command(&conv, &command).await;
     let third = http.send_ok(&conv, "customer", "third").await;
 
     assert_exactly_once(&stack, &http, &conv, &[first, message_id, second, third]).await;
@@ -361,10 +381,7 @@ async fn a_replayed_command_is_applied_once() {
         .map(|m| str_field(m, "content"))
         .collect();
     assert_eq!(contents, ["first", "replayed", "second", "third"]);
-    assert_eq!(
-        stack.redis.q::<u64>(&["XLEN", "confab:dead-letter"]).await,
-        0
-    );
+    stack.redis.assert_no_dead_letters().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,20 +401,17 @@ async fn the_command_stream_is_trimmed_after_processing() {
     }))
     .await;
     assert_eq!(http.messages(&conv).await.len(), total);
-    let info: HashMap<String, redis::Value> =
-        stack.redis.q(&["XINFO", "STREAM", "confab:commands"]).await;
+    let stream = stack.redis.partition_of(&conv).commands;
+    let info: HashMap<String, redis::Value> = stack.redis.q(&["XINFO", "STREAM", &stream]).await;
     let added: u64 = redis::from_redis_value_ref(&info["entries-added"]).unwrap();
     assert!(added > total as u64, "entries-added {added}");
-    let len = eventually(
-        "confab:commands trimmed to a small backlog",
-        DEADLINE,
-        async || {
-            let len: u64 = stack.redis.q(&["XLEN", "confab:commands"]).await;
-            (len <= 100).then_some(len)
-        },
-    )
+    // Committed entries are trimmed at once: nothing is left once the load is applied.
+    let len = eventually("the partition's stream trimmed", DEADLINE, async || {
+        let len: u64 = stack.redis.q(&["XLEN", &stream]).await;
+        (len == 0).then_some(len)
+    })
     .await;
-    println!("XLEN confab:commands = {len} after {added} entries");
+    println!("XLEN {stream} = {len} after {added} entries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,12 +451,22 @@ async fn a_worker_stopped_with_sigterm_finishes_its_batch_and_exits_0() {
     let status = worker.terminate().await;
     assert!(status.success(), "SIGTERM exit status: {status}");
     assert!(
-        worker.log().contains("consumer stopped"),
+        worker.log().contains("persistence worker stopped"),
         "{}",
         worker.log()
     );
-    // It acknowledged everything it had taken.
-    assert_eq!(stack.redis.pending_of(worker.name()).await, 0);
+    // It committed what it did and handed every partition back.
+    assert!(stack
+        .redis
+        .partition_owners()
+        .await
+        .iter()
+        .all(Option::is_none));
+    assert!(!stack
+        .redis
+        .persistence_members()
+        .await
+        .contains(&worker.name().to_string()));
 
     // Sends made meanwhile wait in the stream; a new worker applies them.
     stack.add_worker("persistence", &env).await;
@@ -491,9 +515,10 @@ async fn a_write_in_flight_at_sigterm_still_gets_its_reply() {
     };
     // Wait until the command is in the stream: the request is in flight, its reply pending.
     let redis = &stack.redis;
+    let stream = redis.partition_of(&conv).commands;
     eventually_true("the write is queued", PROGRESS, async || {
         redis
-            .stream("confab:commands")
+            .stream(&stream)
             .await
             .iter()
             .any(|(_, fields)| fields.get("c").is_some_and(|c| c.contains("in flight")))

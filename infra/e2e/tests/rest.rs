@@ -707,11 +707,9 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
     assert!(is_uuid(&command_id), "{command_id}");
     assert_eq!(http.messages(&conv).await.len(), 1, "nothing applied yet");
     // The command is queued in the stream under that id.
+    let stream = stack.redis.partition_of(&conv).commands;
     let entries: Vec<(String, Vec<(String, String)>)> = {
-        let v: redis::Value = stack
-            .redis
-            .q(&["XRANGE", "confab:commands", "-", "+"])
-            .await;
+        let v: redis::Value = stack.redis.q(&["XRANGE", &stream, "-", "+"]).await;
         let reply: redis::streams::StreamRangeReply = redis::from_redis_value(v).unwrap();
         reply
             .ids
@@ -722,14 +720,17 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
             })
             .collect()
     };
-    let queued = entries
+    let queued: Vec<&String> = entries
         .iter()
         .filter(|(_, f)| f[0].1.contains(&command_id))
-        .count();
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(
-        queued, 1,
-        "the timed-out command is in confab:commands once"
+        queued.len(),
+        1,
+        "the timed-out command is in its partition's stream once"
     );
+    let entry = queued[0].clone();
 
     // A worker arrives: the command is applied, exactly once.
     stack.add_worker("persistence", &[]).await;
@@ -740,15 +741,14 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
     .await;
     assert_eq!(msgs[1]["content"], "while nobody works");
     assert_eq!(msgs[1]["sender"], "agent");
-    let applied: bool = stack
+    let cursor: String = stack
         .redis
-        .q(&[
-            "HEXISTS",
-            &format!("confab:conv:{{{conv}}}:applied"),
-            &command_id,
-        ])
+        .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "cur"])
         .await;
-    assert!(applied, "the applied-commands hash remembers {command_id}");
+    assert_eq!(
+        cursor, entry,
+        "the conversation's cursor is the command's entry: a redelivery is a duplicate"
+    );
     // A later send lands after it, and the late one was not applied twice.
     http.send_ok(&conv, "customer", "after").await;
     let contents: Vec<String> = http
@@ -765,13 +765,15 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
 
 #[tokio::test]
 async fn a_full_command_backlog_is_refused_with_503_and_nothing_is_lost() {
+    // The cap is shared out over the 16 partitions: 5 per partition.
     let mut stack = Stack::start(&[
-        ("COMMAND_STREAM_MAX_LEN", "5"),
+        ("COMMAND_STREAM_MAX_LEN", "80"),
         ("REQUEST_TIMEOUT_MS", "300"),
     ])
     .await;
     let http = stack.http();
     let conv = http.create_conversation().await;
+    let stream = stack.redis.partition_of(&conv).commands;
     let status = stack.workers.remove(0).terminate().await;
     assert!(status.success());
 
@@ -791,7 +793,7 @@ async fn a_full_command_backlog_is_refused_with_503_and_nothing_is_lost() {
         assert!(queued.len() <= 5, "the backlog cap of 5 was not enforced");
     };
     assert_error(&refused, 503, "overloaded");
-    assert_eq!(stack.redis.q::<u64>(&["XLEN", "confab:commands"]).await, 5);
+    assert_eq!(stack.redis.q::<u64>(&["XLEN", &stream]).await, 5);
 
     // A worker drains the backlog: every queued message lands once, the refused one never.
     stack.add_worker("persistence", &[]).await;
@@ -809,7 +811,7 @@ async fn a_full_command_backlog_is_refused_with_503_and_nothing_is_lost() {
     assert_eq!(contents, queued);
     // Processed entries are trimmed, so the backlog frees up and sends are accepted again.
     eventually_true("the processed commands are trimmed", DEADLINE, async || {
-        let len: u64 = stack.redis.q(&["XLEN", "confab:commands"]).await;
+        let len: u64 = stack.redis.q(&["XLEN", &stream]).await;
         len < 5
     })
     .await;

@@ -7,27 +7,28 @@
 //! acknowledged safely. A reply is stored through the persistence pipeline with its
 //! `answers_up_to`, and `assistant_done` is published atomically with it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_shared::commands::{
     AssistantReply, Command, CommandEnvelope, CompletionJob, ASSISTANT_ACTOR, COMMAND_FIELD,
 };
+use confab_shared::db::Conn;
 use confab_shared::domain::{self, Message, SENDER_ASSISTANT};
 use confab_shared::events::Event;
-use confab_shared::keys;
-use confab_shared::scripting::Lua;
+use confab_shared::keys::{self, PartitionKeys};
+use confab_shared::partition::Partitions;
+use confab_shared::scripting::is_noscript;
 use confab_shared::streams::Disposition;
 use confab_shared::Config;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::Value;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::cancel::{Active, CancelListener};
 use super::coalesce::Coalescer;
+use super::lease::{AnswerLease, Lease};
 use super::openai::{Failure, Model};
 
 const MAX_ATTEMPTS: u32 = 6;
@@ -35,17 +36,6 @@ const MAX_ATTEMPTS: u32 = 6;
 const BUSY_POLL: Duration = Duration::from_millis(300);
 /// No chunk for this long counts as a stalled stream (retried).
 const IDLE: Duration = Duration::from_secs(15);
-
-enum Lease {
-    Gone,
-    Busy,
-    Mine {
-        previous: Option<Uuid>,
-        hseq: u64,
-        aseq: u64,
-        assistant: bool,
-    },
-}
 
 enum End {
     /// The answer is over (stored, or an error told to clients): look for newer messages.
@@ -57,45 +47,41 @@ enum End {
 }
 
 pub struct Answerer {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: Arc<Config>,
+    parts: Partitions,
     model: Model,
-    script: Arc<Lua>,
-    owner: String,
-    active: Mutex<HashMap<Uuid, CancellationToken>>,
+    lease: Arc<AnswerLease>,
+    active: Active,
+    cancels: CancelListener,
     abort: CancellationToken,
 }
 
 impl Answerer {
     pub async fn new(
-        mut conn: ConnectionManager,
+        mut conn: Conn,
         cfg: Arc<Config>,
         owner: String,
+        active: Active,
+        cancels: CancelListener,
         abort: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let script = Arc::new(Lua::new(include_str!("../lua/answer.lua")));
-        script.load(&mut conn).await?;
+        let lease = Arc::new(AnswerLease::new(owner, cfg.claim_idle()));
+        lease.load(&mut conn).await?;
         let model = Model::new(&cfg)?;
         if let Err(why) = model.configured() {
             tracing::warn!("{why}");
         }
         Ok(Self {
             conn,
+            parts: cfg.partitions(),
             cfg,
             model,
-            script,
-            owner,
-            active: Mutex::default(),
+            lease,
+            active,
+            cancels,
             abort,
         })
-    }
-
-    /// Stops the answer this replica is streaming for `id`, if any.
-    pub fn cancel(&self, id: Uuid) {
-        if let Some(t) = self.active.lock().ok().and_then(|a| a.get(&id).cloned()) {
-            tracing::info!(conversation_id = %id, "cancel requested");
-            t.cancel();
-        }
     }
 
     pub fn answering(&self) -> usize {
@@ -132,11 +118,18 @@ impl Answerer {
         }
         let _forget = Forget {
             active: &self.active,
+            cancels: &self.cancels,
             id,
         };
+        // Listen for "stop" before taking the lease, so no cancel falls in between.
+        if let Err(e) = self.cancels.subscribe(id).await {
+            tracing::warn!(error = %e, "cannot listen for cancels");
+            return Disposition::Retry;
+        }
+        let mut first = true;
         loop {
             let rid = Uuid::new_v4();
-            let lease = match self.acquire(id, rid).await {
+            let lease = match self.lease.acquire(&mut self.conn.clone(), id, rid).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take the answer lease");
@@ -163,7 +156,7 @@ impl Answerer {
                     assistant,
                 } => {
                     if !assistant || aseq >= hseq {
-                        let _ = self.op(id, &["release"]).await;
+                        let _ = self.lease.release(&mut self.conn.clone(), id).await;
                         return Disposition::Ack;
                     }
                     (hseq, previous)
@@ -180,18 +173,27 @@ impl Answerer {
                 )
                 .await;
             }
-            let cancel = CancellationToken::new();
-            if let Ok(mut a) = self.active.lock() {
-                a.insert(id, cancel.clone());
-            }
+            // The first answer keeps the token a cancel may already have hit; later answers
+            // (for messages that came meanwhile) start afresh.
+            let cancel = match self.active.lock() {
+                Ok(mut a) => {
+                    let token = a.entry(id).or_default();
+                    if !first {
+                        *token = CancellationToken::new();
+                    }
+                    token.clone()
+                }
+                Err(_) => return Disposition::Retry,
+            };
+            first = false;
             match self.answer(id, rid, hseq, &cancel).await {
                 End::Finished => {
-                    let _ = self.op(id, &["release"]).await;
+                    let _ = self.lease.release(&mut self.conn.clone(), id).await;
                 }
                 End::Gone => return Disposition::Ack,
                 End::Aborted => {
                     // Keep the text so far, let the lease lapse: the next replica announces a restart.
-                    let _ = self.op(id, &["renew", "0"]).await;
+                    let _ = self.lease.lapse(&mut self.conn.clone(), id).await;
                     return Disposition::Retry;
                 }
             }
@@ -200,66 +202,17 @@ impl Answerer {
 
     /// Whether the message with eventId `up_to` has been answered (or the chat is gone).
     async fn answered(&self, id: Uuid, up_to: u64) -> bool {
-        match self.op(id, &["status"]).await {
-            Ok(v) => {
-                let int = |i: usize| {
-                    v.get(i)
-                        .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
-                        .unwrap_or(0)
-                };
-                int(0) == 0 || int(1) >= up_to
-            }
+        match self.lease.status(&mut self.conn.clone(), id).await {
+            Ok((exists, aseq)) => !exists || aseq >= up_to,
             Err(_) => false,
         }
     }
 
-    async fn op(&self, id: Uuid, args: &[&str]) -> redis::RedisResult<Vec<Value>> {
-        let keys = [keys::conv_meta(&id), keys::conv_answer(&id)];
-        let mut full: Vec<String> = vec![
-            args.first().copied().unwrap_or("status").to_string(),
-            self.owner.clone(),
-        ];
-        full.extend(args.iter().skip(1).map(|s| s.to_string()));
-        let mut conn = self.conn.clone();
-        self.script.run(&mut conn, &keys, &full).await
-    }
-
-    async fn acquire(&self, id: Uuid, rid: Uuid) -> redis::RedisResult<Lease> {
-        let v = self
-            .op(
-                id,
-                &[
-                    "acquire",
-                    &self.cfg.claim_idle_ms.to_string(),
-                    &rid.to_string(),
-                ],
-            )
-            .await?;
-        let int = |i: usize| {
-            v.get(i)
-                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
-                .unwrap_or(0)
-        };
-        Ok(match int(0) {
-            0 => Lease::Gone,
-            1 => Lease::Busy,
-            _ => Lease::Mine {
-                previous: v
-                    .get(1)
-                    .and_then(|x| redis::from_redis_value_ref::<String>(x).ok())
-                    .and_then(|s| Uuid::parse_str(&s).ok()),
-                hseq: u64::try_from(int(2)).unwrap_or(0),
-                aseq: u64::try_from(int(3)).unwrap_or(0),
-                assistant: int(4) == 1,
-            },
-        })
-    }
-
     async fn publish(&self, id: Uuid, event: &Event) {
         let mut conn = self.conn.clone();
-        let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
-            .arg(keys::conv_channel(&id))
-            .arg(event.to_json())
+        let r: redis::RedisResult<()> = self
+            .conn
+            .publish(&keys::conv_channel(&id), event.to_json())
             .query_async(&mut conn)
             .await;
         if let Err(e) = r {
@@ -276,26 +229,16 @@ impl Answerer {
             delta,
         }
         .to_json();
-        let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH")
-            .arg(keys::conv_channel(&id))
-            .arg(event)
-            .ignore();
-        pipe.add_command(self.script.call(
-            &[keys::conv_meta(&id), keys::conv_answer(&id)],
-            &[
-                "progress".to_string(),
-                self.owner.clone(),
-                rid.to_string(),
-                shown.to_string(),
-                seq.to_string(),
-            ],
-        ))
-        .ignore();
+        // One slot (the conversation's): a pipeline in cluster mode too.
         let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.add_command(conn.publish(&keys::conv_channel(&id), event))
+            .ignore();
+        pipe.add_command(self.lease.progress(id, rid, shown, seq))
+            .ignore();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            if e.code() == Some("NOSCRIPT") {
-                let _ = self.script.load(&mut conn).await;
+            if is_noscript(&e) {
+                self.lease.reload(&mut conn).await;
             }
             tracing::debug!(error = %e, "publishing a delta failed");
         }
@@ -477,29 +420,17 @@ impl Answerer {
     /// is cancelled (dropped guard); cancels `lost` when the lease cannot be kept.
     fn keep_lease(&self, id: Uuid, lost: CancellationToken) -> CancellationToken {
         let stop = CancellationToken::new();
-        let (stop2, conn, script, owner) = (
-            stop.clone(),
-            self.conn.clone(),
-            self.script.clone(),
-            self.owner.clone(),
-        );
-        let lease_ms = self.cfg.claim_idle_ms;
-        let every = Duration::from_millis((lease_ms / 3).max(100));
+        let (stop2, mut conn, lease) = (stop.clone(), self.conn.clone(), self.lease.clone());
+        let every = Duration::from_millis((self.cfg.claim_idle_ms / 3).max(100));
         tokio::spawn(async move {
-            let keys = [keys::conv_meta(&id), keys::conv_answer(&id)];
-            let args = ["renew".to_string(), owner, lease_ms.to_string()];
             loop {
                 tokio::select! {
                     _ = stop2.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let mut c = conn.clone();
-                match script.run::<Vec<Value>, _, _>(&mut c, &keys, &args).await {
-                    Ok(v)
-                        if v.first()
-                            .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
-                            == Some(1) => {}
-                    Ok(_) => {
+                match lease.renew(&mut conn, id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
                         lost.cancel();
                         return;
                     }
@@ -521,7 +452,7 @@ impl Answerer {
             },
         )
         .await;
-        let _ = self.op(id, &["mark", &hseq.to_string()]).await;
+        let _ = self.lease.mark(&mut self.conn.clone(), id, hseq).await;
         End::Finished
     }
 
@@ -569,8 +500,9 @@ impl Answerer {
             },
         };
         let mut conn = self.conn.clone();
+        let stream = PartitionKeys::new(&self.parts, self.parts.of_conversation(&id)).commands;
         let added: redis::RedisResult<String> = redis::cmd("XADD")
-            .arg(keys::COMMANDS_STREAM)
+            .arg(stream)
             .arg("*")
             .arg(COMMAND_FIELD)
             .arg(serde_json::to_string(&envelope).unwrap_or_default())
@@ -582,27 +514,14 @@ impl Answerer {
         }
         let until = Instant::now() + self.cfg.request_timeout();
         while Instant::now() < until {
-            match self.op(id, &["status"]).await {
-                Ok(v)
-                    if v.first()
-                        .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
-                        == Some(0) =>
-                {
-                    return End::Gone
-                }
-                Ok(v)
-                    if v.get(1)
-                        .and_then(|x| redis::from_redis_value_ref::<u64>(x).ok())
-                        .unwrap_or(0)
-                        >= hseq =>
-                {
-                    return End::Finished
-                }
+            match self.lease.status(&mut conn, id).await {
+                Ok((false, _)) => return End::Gone,
+                Ok((true, aseq)) if aseq >= hseq => return End::Finished,
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
         tracing::warn!("the reply was not applied in time; marking the messages answered");
-        let _ = self.op(id, &["mark", &hseq.to_string()]).await;
+        let _ = self.lease.mark(&mut conn, id, hseq).await;
         End::Finished
     }
 }
@@ -664,8 +583,10 @@ pub fn build_context(
     out
 }
 
+/// Forgets an answered conversation and stops listening for its cancels.
 struct Forget<'a> {
-    active: &'a Mutex<HashMap<Uuid, CancellationToken>>,
+    active: &'a Active,
+    cancels: &'a CancelListener,
     id: Uuid,
 }
 
@@ -674,6 +595,7 @@ impl Drop for Forget<'_> {
         if let Ok(mut a) = self.active.lock() {
             a.remove(&self.id);
         }
+        self.cancels.unsubscribe(self.id);
     }
 }
 

@@ -1,22 +1,28 @@
--- Deletes a conversation whose inactivity deadline has passed, with every key it owns.
--- KEYS: the eight conversation keys (see apply.lua). ARGV[1] conversation id, ARGV[2] event channel.
--- Returns { 0 } when the conversation is already gone, { 1, deadline } when it is not due yet
--- (activity moved its deadline), { 2, member... } when this call deleted it. Only one of any
--- number of concurrent callers sees 2, so each conversation expires once.
+-- expire.lua — deletes a conversation whose inactivity deadline has passed, with every key.
+--
+-- KEYS: the conversation's keys (keys::conv_keys): meta, order, msgs, events, members, answer,
+-- failed.
+-- ARGV[1]: the request, MessagePack — `ExpireRequest` in cleanup.rs: publish ('PUBLISH' or
+-- 'SPUBLISH'), channel, event (the conversation_expired JSON Rust encoded).
+-- Returns a MessagePack map — `ExpireReply`: outcome 'gone' (already deleted), 'not_due'
+-- (activity moved the deadline, given back as `deadline`) or 'expired' (this call deleted it;
+-- `members` lists a member chat's members). Only one of any number of concurrent callers
+-- sees 'expired', so each conversation expires once.
+local req = cmsgpack.unpack(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if not deadline then
-  return { 0 }
+  return cmsgpack.pack({ outcome = 'gone' })
 end
 if tonumber(deadline) > now then
-  return { 1, deadline }
+  return cmsgpack.pack({ outcome = 'not_due', deadline = tonumber(deadline) })
 end
-local members = redis.call('SMEMBERS', KEYS[6])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-redis.call('PUBLISH', ARGV[2], '{"type":"conversation_expired","conversationId":"' .. ARGV[1] .. '"}')
-local out = { 2 }
-for i = 1, #members do
-  out[#out + 1] = members[i]
+local members = redis.call('SMEMBERS', KEYS[5])
+redis.call('DEL', unpack(KEYS))
+redis.call(req.publish, req.channel, req.event)
+local out = { outcome = 'expired' }
+if #members > 0 then
+  out.members = members
 end
-return out
+return cmsgpack.pack(out)

@@ -1,0 +1,462 @@
+//! One command, one call of `lua/apply.lua`: the typed request that goes in, the typed reply
+//! that comes out, and what that reply means — for the waiting client ([`Applied::reply`])
+//! and for the side effects that follow ([`Applied::effects`]).
+
+use confab_shared::commands::{Command, CommandEnvelope, Reply};
+use confab_shared::domain::SENDER_ASSISTANT;
+use confab_shared::events::Event;
+use confab_shared::keys;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Keys outlive the inactivity deadline by this much, so cleanup workers (which publish
+/// `conversation_expired`) get there first, and data still goes if none runs.
+pub const KEY_GRACE_MS: u64 = 3000;
+
+/// The limits and fencing token every request carries.
+pub struct Context<'a> {
+    pub part: &'a str,
+    pub epoch: u64,
+    pub publish: &'static str,
+    pub history: u64,
+    pub max_messages: u64,
+    pub open_ttl_ms: u64,
+    pub member_ttl_ms: u64,
+}
+
+/// `ARGV[1]` of apply.lua.
+#[derive(Serialize, Debug)]
+pub struct ApplyRequest<'a> {
+    /// The command's stream entry: commands apply in entry order, each once.
+    pub entry: &'a str,
+    /// The entry of the previous command of the same conversation in this batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<&'a str>,
+    pub part: &'a str,
+    pub epoch: u64,
+    pub publish: &'static str,
+    pub channel: String,
+    pub history: u64,
+    pub grace_ms: u64,
+    pub event_head: String,
+    pub event_tail: String,
+    #[serde(flatten)]
+    pub op: Op<'a>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op<'a> {
+    Create {
+        owner: &'a str,
+        title: &'a str,
+        assistant: bool,
+        ttl_ms: u64,
+        members: &'a [String],
+    },
+    Send {
+        actor: &'a str,
+        message_id: String,
+        message: String,
+        human: bool,
+        max_messages: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        answers_up_to: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        done_event: Option<&'a str>,
+    },
+    Delete {
+        actor: &'a str,
+        message_id: String,
+    },
+    AddMember {
+        actor: &'a str,
+        username: &'a str,
+    },
+}
+
+/// What apply.lua decided.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// Applied before (a redelivery): nothing written; the side effects are redone.
+    Duplicate,
+    NotFound,
+    MessageNotFound,
+    Forbidden,
+    Full,
+    Exists,
+    /// Another replica owns the partition now and has written here: stop.
+    Fenced,
+    /// The command before it in the batch did not apply: retry both, in order.
+    OutOfOrder,
+}
+
+/// The reply of apply.lua.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReply {
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub event_id: u64,
+    #[serde(default)]
+    pub deadline: u64,
+    #[serde(default)]
+    pub assistant: bool,
+    /// The newest human message's eventId (what a completion job answers up to).
+    #[serde(default)]
+    pub hseq: u64,
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// For a duplicate: the refusal the first delivery answered, if it was refused.
+    #[serde(default)]
+    pub failed: Option<Outcome>,
+}
+
+/// Builds apply.lua's request for `env`, stored at stream entry `entry`.
+pub fn request<'a>(
+    ctx: &Context<'a>,
+    entry: &'a str,
+    after: Option<&'a str>,
+    env: &'a CommandEnvelope,
+) -> ApplyRequest<'a> {
+    let cid = env.command.conversation_id();
+    let (op, event) = match &env.command {
+        Command::CreateConversation {
+            owner,
+            members,
+            title,
+            assistant,
+            ..
+        } => (
+            Op::Create {
+                owner: owner.as_deref().unwrap_or(""),
+                title: title.as_deref().unwrap_or(""),
+                assistant: *assistant,
+                ttl_ms: if owner.is_some() {
+                    ctx.member_ttl_ms
+                } else {
+                    ctx.open_ttl_ms
+                },
+                members,
+            },
+            None,
+        ),
+        Command::SendMessage {
+            message,
+            actor,
+            assistant_reply,
+            ..
+        } => {
+            let raw = serde_json::value::to_raw_value(message).ok();
+            let event = raw.map(|message| Event::Message {
+                conversation_id: cid,
+                event_id: 0,
+                message,
+            });
+            (
+                Op::Send {
+                    actor: actor.as_deref().unwrap_or(""),
+                    message_id: message.message_id.to_string(),
+                    message: serde_json::to_string(message).unwrap_or_default(),
+                    human: message.sender != SENDER_ASSISTANT,
+                    max_messages: ctx.max_messages,
+                    answers_up_to: assistant_reply.as_ref().map(|r| r.answers_up_to),
+                    done_event: assistant_reply.as_ref().map(|r| r.done_event.as_str()),
+                },
+                event,
+            )
+        }
+        Command::DeleteMessage {
+            message_id, actor, ..
+        } => (
+            Op::Delete {
+                actor: actor.as_deref().unwrap_or(""),
+                message_id: message_id.to_string(),
+            },
+            Some(Event::MessageDeleted {
+                conversation_id: cid,
+                event_id: 0,
+                message_id: *message_id,
+            }),
+        ),
+        Command::AddMember {
+            username, actor, ..
+        } => (
+            Op::AddMember { actor, username },
+            Some(Event::MemberJoined {
+                conversation_id: cid,
+                event_id: 0,
+                username: username.clone(),
+            }),
+        ),
+    };
+    let (event_head, event_tail) = event.map(|e| e.template()).unwrap_or_default();
+    ApplyRequest {
+        entry,
+        after,
+        part: ctx.part,
+        epoch: ctx.epoch,
+        publish: ctx.publish,
+        channel: keys::conv_channel(&cid),
+        history: ctx.history,
+        grace_ms: KEY_GRACE_MS,
+        event_head,
+        event_tail,
+        op,
+    }
+}
+
+/// A command together with what apply.lua answered for it.
+pub struct Applied<'a> {
+    pub env: &'a CommandEnvelope,
+    pub reply: &'a ApplyReply,
+}
+
+/// What follows an applied command; everything here is idempotent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Conversation id and deadline for the cleanup index (creation only: activity moves the
+    /// deadline stored with the conversation, and cleanup re-indexes from it).
+    pub index: Option<(Uuid, u64)>,
+    /// Users who now have this chat: their chat list and a `conversation_added` notice.
+    pub added: Vec<String>,
+    /// A completion job answering up to this eventId.
+    pub job: Option<u64>,
+}
+
+impl Applied<'_> {
+    /// The refusal, if the command was refused (now or on its first delivery).
+    fn refusal(&self) -> Option<Outcome> {
+        match self.reply.outcome {
+            Outcome::Applied => None,
+            Outcome::Duplicate => self.reply.failed,
+            other => Some(other),
+        }
+    }
+
+    /// The answer for the client that sent the command: exactly the REST status and body.
+    pub fn reply(&self, max_messages: u64) -> Reply {
+        let id = self.env.id;
+        let cid = self.env.command.conversation_id();
+        let error = |status, code: &str, message: &str| Reply::error(id, status, code, message);
+        match self.refusal() {
+            Some(Outcome::NotFound) => error(404, "not_found", "Conversation not found"),
+            Some(Outcome::MessageNotFound) => error(404, "not_found", "Message not found"),
+            Some(Outcome::Forbidden) => {
+                error(403, "forbidden", "Only the author can delete a message")
+            }
+            Some(Outcome::Full) => error(
+                409,
+                "conversation_full",
+                &format!("This conversation already holds the maximum of {max_messages} messages"),
+            ),
+            Some(Outcome::Exists) => error(409, "conflict", "Conversation already exists"),
+            Some(Outcome::Fenced | Outcome::OutOfOrder) => error(
+                503,
+                "unavailable",
+                "The command could not be applied; try again",
+            ),
+            Some(Outcome::Applied | Outcome::Duplicate) | None => {
+                let (status, body) = match &self.env.command {
+                    Command::CreateConversation { .. } => (201, json!({ "conversationId": cid })),
+                    Command::SendMessage { message, .. } => (
+                        201,
+                        json!({"message": "Message added successfully", "messageId": message.message_id}),
+                    ),
+                    Command::DeleteMessage { .. } => {
+                        (200, json!({"message": "Message deleted successfully"}))
+                    }
+                    Command::AddMember { .. } => (
+                        200,
+                        json!({"conversationId": cid, "members": self.reply.members}),
+                    ),
+                };
+                Reply { id, status, body }
+            }
+        }
+    }
+
+    /// The side effects of the command; none for a refused one.
+    pub fn effects(&self) -> Effects {
+        let mut out = Effects::default();
+        if self.refusal().is_some() {
+            return out;
+        }
+        let cid = self.env.command.conversation_id();
+        let dup = self.reply.outcome == Outcome::Duplicate;
+        match &self.env.command {
+            Command::CreateConversation { owner, .. } => {
+                out.index = Some((cid, self.reply.deadline));
+                if owner.is_some() {
+                    out.added = self.reply.members.clone();
+                }
+            }
+            Command::AddMember { username, .. } if dup || self.reply.event_id > 0 => {
+                out.added = vec![username.clone()];
+            }
+            Command::SendMessage { message, .. }
+                if self.reply.assistant && message.sender != SENDER_ASSISTANT =>
+            {
+                let up_to = if dup {
+                    self.reply.hseq
+                } else {
+                    self.reply.event_id
+                };
+                if up_to > 0 {
+                    out.job = Some(up_to);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_shared::domain::Message;
+
+    fn ctx() -> Context<'static> {
+        Context {
+            part: "p0-1",
+            epoch: 3,
+            publish: "PUBLISH",
+            history: 2000,
+            max_messages: 10,
+            open_ttl_ms: 1_800_000,
+            member_ttl_ms: 7_000_000,
+        }
+    }
+
+    fn send(sender: &str) -> CommandEnvelope {
+        CommandEnvelope {
+            id: Uuid::new_v4(),
+            reply_to: Some("gw".into()),
+            command: Command::SendMessage {
+                conversation_id: Uuid::new_v4(),
+                message: Message {
+                    message_id: Uuid::new_v4(),
+                    sender: sender.into(),
+                    content: "hi \"there\"".into(),
+                    timestamp: "2025-04-05T14:00:00Z".into(),
+                    stopped: false,
+                },
+                actor: None,
+                assistant_reply: None,
+            },
+        }
+    }
+
+    fn reply(outcome: Outcome) -> ApplyReply {
+        ApplyReply {
+            outcome,
+            event_id: 0,
+            deadline: 0,
+            assistant: false,
+            hseq: 0,
+            members: Vec::new(),
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn a_send_request_carries_the_event_template_and_the_message_once() {
+        let env = send("agent");
+        let req = request(&ctx(), "5-0", Some("4-0"), &env);
+        assert!(req.event_head.ends_with("\"eventId\":"));
+        assert!(req.event_tail.contains("hi \\\"there\\\""));
+        let full = format!("{}7{}", req.event_head, req.event_tail);
+        let v: serde_json::Value = serde_json::from_str(&full).unwrap_or_default();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["eventId"], 7);
+        let Op::Send { human, message, .. } = &req.op else {
+            panic!("not a send");
+        };
+        assert!(human);
+        assert!(message.starts_with("{\"messageId\":\""), "{message}");
+        let packed = confab_shared::scripting::encode_request(&req);
+        assert!(!packed.is_empty());
+    }
+
+    #[test]
+    fn replies_follow_the_rest_contract() {
+        let env = send("agent");
+        let ok = reply(Outcome::Applied);
+        let r = Applied {
+            env: &env,
+            reply: &ok,
+        }
+        .reply(10);
+        assert_eq!(r.status, 201);
+        assert_eq!(r.body["message"], "Message added successfully");
+        let mut dup_of_full = reply(Outcome::Duplicate);
+        dup_of_full.failed = Some(Outcome::Full);
+        let r = Applied {
+            env: &env,
+            reply: &dup_of_full,
+        }
+        .reply(10);
+        assert_eq!(r.status, 409);
+        assert_eq!(r.body["error"]["code"], "conversation_full");
+        let nf = reply(Outcome::NotFound);
+        assert_eq!(
+            Applied {
+                env: &env,
+                reply: &nf
+            }
+            .reply(10)
+            .status,
+            404
+        );
+    }
+
+    #[test]
+    fn assistant_chats_get_a_job_per_human_message_also_on_redelivery() {
+        let env = send("agent");
+        let mut r = reply(Outcome::Applied);
+        r.assistant = true;
+        r.event_id = 9;
+        assert_eq!(
+            Applied {
+                env: &env,
+                reply: &r
+            }
+            .effects()
+            .job,
+            Some(9)
+        );
+        r.outcome = Outcome::Duplicate;
+        r.hseq = 12;
+        assert_eq!(
+            Applied {
+                env: &env,
+                reply: &r
+            }
+            .effects()
+            .job,
+            Some(12)
+        );
+        let bot = send("assistant");
+        assert_eq!(
+            Applied {
+                env: &bot,
+                reply: &r
+            }
+            .effects()
+            .job,
+            None
+        );
+        r.failed = Some(Outcome::Full);
+        assert_eq!(
+            Applied {
+                env: &env,
+                reply: &r
+            }
+            .effects(),
+            Effects::default()
+        );
+    }
+}
