@@ -338,9 +338,10 @@ impl Store {
     }
 
     /// Stored events with eventId > `since`, oldest first, and whether the client must refetch
-    /// by REST instead: `since` is older than the kept history, or the replay would exceed
-    /// `max_events` or [`REPLAY_MAX_BYTES`] — checked page by page while reading, so a resume
-    /// never holds more than the cap.
+    /// by REST instead: `since` is more than `max_events` (`EVENT_HISTORY_LEN`) behind, events
+    /// after it were dropped from the bounded history, or the replay would exceed
+    /// [`REPLAY_MAX_BYTES`] — checked page by page while reading, so a resume never holds
+    /// more than the cap.
     pub async fn history(
         &self,
         id: Uuid,
@@ -348,25 +349,27 @@ impl Store {
         max_events: usize,
     ) -> RedisResult<(Vec<(u64, String)>, bool)> {
         let mut conn = self.conn.clone();
-        let keys = [keys::conv_events(&id), keys::conv_msgs(&id)];
+        let keys = [
+            keys::conv_events(&id),
+            keys::conv_order(&id),
+            keys::conv_msgs(&id),
+            keys::conv_meta(&id),
+        ];
         let mut events: Vec<(u64, String)> = Vec::new();
         let mut bytes = 0usize;
         let mut after = since;
-        let mut oldest: Option<u64> = None;
         loop {
             let request = HistoryRequest {
                 after,
                 count: HISTORY_PAGE,
             };
             let page: Value = self.history.run_raw(&mut conn, &keys, &request).await?;
-            let (first, entries) = parse_history_page(&page);
-            if oldest.is_none() {
-                oldest = first;
+            let page = parse_history_page(&page);
+            if page.trimmed > since || page.last.saturating_sub(since) > max_events as u64 {
+                // Too far back: events after `since` were dropped, or the replay is too long.
+                return Ok((Vec::new(), true));
             }
-            let n = entries.len();
-            for (eid, event) in entries {
-                after = eid;
-                let Some(event) = event else { continue };
+            for (eid, event) in page.events {
                 let json = match event {
                     HistoryEvent::Whole(json) => json,
                     HistoryEvent::Message(raw) => match RawValue::from_string(raw) {
@@ -381,55 +384,66 @@ impl Store {
                 };
                 bytes += json.len();
                 events.push((eid, json));
-                if events.len() > max_events || bytes > REPLAY_MAX_BYTES {
+                if bytes > REPLAY_MAX_BYTES {
                     // Too much to replay over one socket: the client refetches by REST.
                     return Ok((Vec::new(), true));
                 }
             }
-            if n < HISTORY_PAGE {
-                break;
+            match page.next {
+                Some(next) if next > after => after = next,
+                _ => break,
             }
         }
-        let gap = matches!(oldest, Some(o) if o > since + 1);
-        Ok((events, gap))
+        Ok((events, false))
     }
 }
 
-/// One stored event of history.lua's page: whole, or a message to wrap (`None`: deleted).
+/// One stored event of history.lua's page: whole, or a message to wrap in a message event.
 enum HistoryEvent {
     Whole(String),
     Message(String),
 }
 
-/// history.lua's flat reply: the oldest kept eventId, then `(eventId, event)` per entry.
-fn parse_history_page(v: &Value) -> (Option<u64>, Vec<(u64, Option<HistoryEvent>)>) {
-    let Value::Array(items) = v else {
-        return (None, Vec::new());
+/// history.lua's flat reply.
+struct HistoryPage {
+    /// The newest eventId the bounded history dropped.
+    trimmed: u64,
+    /// Where the next page starts, if there is one.
+    next: Option<u64>,
+    /// The conversation's newest eventId.
+    last: u64,
+    events: Vec<(u64, HistoryEvent)>,
+}
+
+fn parse_history_page(v: &Value) -> HistoryPage {
+    let items: &[Value] = match v {
+        Value::Array(items) => items,
+        _ => &[],
     };
+    let int = |v: &Value| redis::from_redis_value_ref::<u64>(v).ok();
     let text = |v: &Value| redis::from_redis_value_ref::<String>(v).ok();
-    let eid = |v: &Value| {
-        text(v)
-            .and_then(|id| confab_shared::streams::parse_stream_id(&id))
-            .map(|(ms, _)| ms)
-    };
-    let oldest = items.first().and_then(eid);
-    let entries = items
-        .get(1..)
+    let events = items
+        .get(3..)
         .unwrap_or_default()
         .chunks(3)
         .filter_map(|e| match e {
-            [id, kind, payload] => {
+            [eid, kind, payload] => {
                 let event = match (text(kind).as_deref(), text(payload)) {
-                    (Some("m"), Some(p)) => Some(HistoryEvent::Message(p)),
-                    (Some("e"), Some(p)) => Some(HistoryEvent::Whole(p)),
-                    _ => None,
+                    (Some("m"), Some(p)) => HistoryEvent::Message(p),
+                    (Some("e"), Some(p)) => HistoryEvent::Whole(p),
+                    _ => return None,
                 };
-                Some((eid(id)?, event))
+                Some((int(eid)?, event))
             }
             _ => None,
         })
         .collect();
-    (oldest, entries)
+    HistoryPage {
+        trimmed: items.first().and_then(int).unwrap_or(0),
+        next: items.get(1).and_then(int).filter(|&n| n > 0),
+        last: items.get(2).and_then(int).unwrap_or(0),
+        events,
+    }
 }
 
 pub fn ms_to_rfc3339(ms: u64) -> String {

@@ -707,8 +707,8 @@ async fn a_redelivered_send_is_applied_once_and_its_side_effects_are_redone() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.messages(id).await.len(), 1, "applied once");
-    let events: u64 = redis::cmd("XLEN")
-        .arg(keys::conv_events(&id))
+    let events: u64 = redis::cmd("ZCARD")
+        .arg(keys::conv_order(&id))
         .query_async(&mut c)
         .await
         .unwrap();

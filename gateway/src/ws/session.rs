@@ -230,11 +230,9 @@ impl Conn {
         format!("{}:{}", self.state.gateway_id, self.id)
     }
 
-    /// Events a resume may replay: the kept history, with room for approximate trimming.
+    /// Events a resume may replay: `EVENT_HISTORY_LEN`.
     fn replay_max(&self) -> usize {
-        usize::try_from(self.state.cfg.event_history_len)
-            .unwrap_or(usize::MAX / 4)
-            .saturating_mul(2)
+        usize::try_from(self.state.cfg.event_history_len).unwrap_or(usize::MAX / 4)
     }
 
     fn me(&self) -> Option<&str> {

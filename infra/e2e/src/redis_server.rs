@@ -364,39 +364,43 @@ impl Redis {
             .collect()
     }
 
-    /// A conversation's stored events (`confab:conv:{<id>}:events`), oldest first, as a client
-    /// receives them: a message event's entry holds only its message id, so the message is
-    /// read from the conversation (`"message": null` once it was deleted).
+    /// A conversation's stored events, oldest first, as a client receives them on resume:
+    /// its messages (ordered by eventId in `…:order`, stored once in `…:msgs`) merged with
+    /// the other events (`…:events`).
     pub async fn history(&self, conversation: &str) -> Vec<Value> {
-        let msgs = format!("confab:conv:{{{conversation}}}:msgs");
-        let mut out = Vec::new();
+        let base = format!("confab:conv:{{{conversation}}}");
+        let ids: Vec<(String, u64)> = self
+            .q(&["ZRANGE", &format!("{base}:order"), "0", "-1", "WITHSCORES"])
+            .await;
+        let mut out: Vec<(u64, Value)> = Vec::new();
+        for (mid, eid) in ids {
+            let stored: Option<String> = self.q(&["HGET", &format!("{base}:msgs"), &mid]).await;
+            let message = stored
+                .map(|s| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            out.push((
+                eid,
+                serde_json::json!({
+                    "type": "message",
+                    "conversationId": conversation,
+                    "eventId": eid,
+                    "message": message,
+                }),
+            ));
+        }
         for (id, f) in self.stream(&crate::events_key(conversation)).await {
             let eid: u64 = id
                 .split('-')
                 .next()
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
-            if let Some(mid) = f.get("m") {
-                let stored: Option<String> = self.q(&["HGET", &msgs, mid]).await;
-                let message = stored
-                    .map(|s| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null))
-                    .unwrap_or(Value::Null);
-                out.push(serde_json::json!({
-                    "type": "message",
-                    "conversationId": conversation,
-                    "eventId": eid,
-                    "messageId": mid,
-                    "message": message,
-                }));
-            } else {
-                let raw = f.get("e").cloned().unwrap_or_default();
-                out.push(
-                    serde_json::from_str(&raw)
-                        .unwrap_or_else(|e| panic!("history entry {id} is not JSON ({e}): {raw}")),
-                );
-            }
+            let raw = f.get("e").cloned().unwrap_or_default();
+            let event = serde_json::from_str(&raw)
+                .unwrap_or_else(|e| panic!("history entry {id} is not JSON ({e}): {raw}"));
+            out.push((eid, event));
         }
-        out
+        out.sort_by_key(|(eid, _)| *eid);
+        out.into_iter().map(|(_, e)| e).collect()
     }
 
     /// The partition layout the processes use (`STREAM_PARTITIONS`, default 16).

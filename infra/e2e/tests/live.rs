@@ -655,42 +655,53 @@ async fn since_older_than_the_kept_history_asks_for_a_resync() {
     let stack = Stack::start(&[]).await;
     let http = stack.http();
     let conv = http.create_conversation().await;
+    let mut ids = Vec::new();
     for n in 0..6 {
-        http.send_ok(&conv, "customer", &format!("m{n}")).await;
+        ids.push(http.send_ok(&conv, "customer", &format!("m{n}")).await);
     }
-    // Keep only the last two events (5 and 6), as a long busy history would.
+    // Four deletes are events 7..=10; the bounded history then drops 7 and 8 (as a long busy
+    // history would drop its oldest events).
+    for id in &ids[..4] {
+        assert_eq!(http.delete_message(&conv, id).await.0, 200);
+    }
     let _: u64 = stack
         .redis
         .q(&["XTRIM", &events_key(&conv), "MAXLEN", "2"])
         .await;
     let ws_url = stack.gw().ws_url();
 
-    for since in [0, 1, 3] {
+    for since in [0, 3, 7] {
         let mut ws = Ws::connect(&ws_url, None).await;
         let sub = ws.subscribe(&conv, Some(since)).await;
         assert_eq!(
             sub,
-            json!({"type": "subscribed", "conversationId": conv, "lastEventId": 6, "resync": true}),
+            json!({"type": "subscribed", "conversationId": conv, "lastEventId": 10, "resync": true}),
             "since {since}"
         );
         ws.expect_silence(Duration::from_millis(200)).await;
-        if since == 3 {
+        if since == 7 {
             // After a resync the live stream continues from the newest event.
             http.send_ok(&conv, "agent", "live").await;
-            assert_eq!(ws.expect_type("message").await["eventId"], 7);
+            assert_eq!(ws.expect_type("message").await["eventId"], 11);
         }
     }
-    // Just inside the kept history: a normal replay.
+    // From the newest dropped event on: a normal replay of what is left.
     let mut ws = Ws::connect(&ws_url, None).await;
-    let sub = ws.subscribe(&conv, Some(4)).await;
+    let sub = ws.subscribe(&conv, Some(8)).await;
     assert_eq!(
         sub,
-        json!({"type": "subscribed", "conversationId": conv, "lastEventId": 7})
+        json!({"type": "subscribed", "conversationId": conv, "lastEventId": 11})
     );
-    let (eids, _) = message_ids(&ws.collect("message", 3, WS_WAIT).await);
-    assert_eq!(eids, [5, 6, 7]);
-    // REST still has every message.
-    assert_eq!(http.messages(&conv).await.len(), 7);
+    let deleted = ws.collect("message_deleted", 2, WS_WAIT).await;
+    let deleted_ids: Vec<u64> = deleted
+        .iter()
+        .map(|e| e["eventId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(deleted_ids, [9, 10]);
+    let (eids, _) = message_ids(&ws.collect("message", 1, WS_WAIT).await);
+    assert_eq!(eids, [11]);
+    // REST still has every message that was not deleted.
+    assert_eq!(http.messages(&conv).await.len(), 3);
 }
 
 // ---------------------------------------------------------------- sessions on sockets
@@ -1268,16 +1279,7 @@ async fn a_history_overflowing_event_history_len_asks_for_a_resync() {
         }
     }))
     .await;
-    let kept: u64 = stack.redis.q(&["XLEN", &events_key(&conv)]).await;
-    assert!(
-        (1000..total as u64).contains(&kept),
-        "history keeps {kept} events"
-    );
-    let oldest = stack.redis.history(&conv).await[0]["eventId"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(oldest, total as u64 - kept + 1);
-
+    // A resume more than EVENT_HISTORY_LEN events back refetches by REST instead.
     let ws_url = stack.gw().ws_url();
     let mut ws = Ws::connect(&ws_url, None).await;
     let sub = ws.subscribe(&conv, Some(1)).await;
@@ -1286,15 +1288,13 @@ async fn a_history_overflowing_event_history_len_asks_for_a_resync() {
         json!({"type": "subscribed", "conversationId": conv, "lastEventId": total, "resync": true})
     );
     ws.expect_silence(Duration::from_millis(300)).await;
-    // From the oldest kept event on, the replay is complete.
+    // Within EVENT_HISTORY_LEN, the replay is complete.
+    let oldest = total as u64 - 1000 + 1;
     let mut ws = Ws::connect(&ws_url, None).await;
     let sub = ws.subscribe(&conv, Some(oldest - 1)).await;
     assert_eq!(sub["lastEventId"], total);
     assert!(sub.get("resync").is_none(), "{sub}");
-    let (eids, _) = message_ids(
-        &ws.collect("message", kept as usize, Duration::from_secs(30))
-            .await,
-    );
+    let (eids, _) = message_ids(&ws.collect("message", 1000, Duration::from_secs(30)).await);
     assert_eq!(eids, range(oldest, total as u64));
     assert_eq!(http.messages(&conv).await.len(), total);
 }

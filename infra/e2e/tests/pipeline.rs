@@ -46,11 +46,11 @@ async fn assert_exactly_once(stack: &Stack, http: &Http, conv: &str, expected: &
         event_ids, want,
         "eventIds of {conv} are 1..=n without gaps or repeats"
     );
-    let mseq: u64 = stack
+    let held: u64 = stack
         .redis
-        .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "mseq"])
+        .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "cnt"])
         .await;
-    assert_eq!(mseq, expected.len() as u64, "message counter of {conv}");
+    assert_eq!(held, expected.len() as u64, "message counter of {conv}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,11 +271,11 @@ async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
             stored_ids[stored_ids.len() - history.len()..],
             "the message events of {conv}"
         );
-        let mseq: u64 = stack
+        let held: u64 = stack
             .redis
-            .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "mseq"])
+            .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "cnt"])
             .await;
-        assert_eq!(mseq, sent.len() as u64, "message counter of {conv}");
+        assert_eq!(held, sent.len() as u64, "message counter of {conv}");
     }
     stack.redis.assert_no_dead_letters().await;
     assert!(stack.workers[1].is_running());

@@ -741,12 +741,13 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
     .await;
     assert_eq!(msgs[1]["content"], "while nobody works");
     assert_eq!(msgs[1]["sender"], "agent");
-    let cursor: String = stack
+    let (ms, seq): (String, String) = stack
         .redis
-        .q(&["HGET", &format!("confab:conv:{{{conv}}}"), "cur"])
+        .q(&["HMGET", &format!("confab:conv:{{{conv}}}"), "cm", "cs"])
         .await;
     assert_eq!(
-        cursor, entry,
+        format!("{ms}-{seq}"),
+        entry,
         "the conversation's cursor is the command's entry: a redelivery is a duplicate"
     );
     // A later send lands after it, and the late one was not applied twice.
@@ -758,8 +759,8 @@ async fn without_a_worker_a_send_times_out_with_504_and_is_applied_once_later() 
         .map(|m| str_field(m, "content"))
         .collect();
     assert_eq!(contents, ["before", "while nobody works", "after"]);
-    let history: u64 = stack.redis.q(&["XLEN", &events_key(&conv)]).await;
-    assert_eq!(history, 3, "one event per applied message");
+    let history = stack.redis.history(&conv).await;
+    assert_eq!(history.len(), 3, "one event per applied message");
     assert_healthy(&mut stack).await;
 }
 

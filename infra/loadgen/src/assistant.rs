@@ -510,7 +510,7 @@ pub async fn run(args: &Args) -> Result<Report> {
             );
     }
     r.push(procs);
-    if let Some(s) = sys::redis_section(args, redis_before).await {
+    if let Some(s) = sys::redis_section(args, redis_before, None).await {
         r.push(s);
     }
     Ok(r)

@@ -222,7 +222,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     r.push(total.get.section("GET /api/conversations/:id", elapsed));
     r.push(total.create.section("POST /api/conversations", elapsed));
     r.push(watch.section("processes"));
-    if let Some(s) = sys::redis_section(args, redis_before).await {
+    if let Some(s) = sys::redis_section(args, redis_before, Some(total.send.ok)).await {
         r.push(s);
     }
     Ok(r)

@@ -269,10 +269,21 @@ pub async fn redis_sample(url: &str) -> anyhow::Result<RedisSample> {
     })
 }
 
+/// Every node of `--redis-url` (a comma-separated list for a cluster), sampled one by one.
+pub struct RedisSamples(Vec<(String, RedisSample)>);
+
+async fn sample_all(urls: &str) -> anyhow::Result<RedisSamples> {
+    let mut out = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        out.push((url.to_string(), redis_sample(url).await?));
+    }
+    Ok(RedisSamples(out))
+}
+
 /// Reads Redis before the run (when `--redis-url` is given).
-pub async fn redis_before(args: &Args) -> Option<RedisSample> {
+pub async fn redis_before(args: &Args) -> Option<RedisSamples> {
     let url = args.redis_url.as_deref()?;
-    match redis_sample(url).await {
+    match sample_all(url).await {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!("loadgen: cannot read Redis INFO from {url}: {e:#}");
@@ -281,35 +292,105 @@ pub async fn redis_before(args: &Args) -> Option<RedisSample> {
     }
 }
 
-/// The Redis section: used_memory before and after, CPU in between.
-pub async fn redis_section(args: &Args, before: Option<RedisSample>) -> Option<Section> {
-    let b = before?;
-    let a = redis_sample(args.redis_url.as_deref()?).await.ok()?;
-    let secs = a.at.duration_since(b.at).as_secs_f64().max(1e-9);
+/// Commands counted per send: everything but the load generator's own INFO reads.
+fn counted_calls(before: &RedisSample, after: &RedisSample) -> u64 {
+    top_commands(&before.commands, &after.commands, usize::MAX)
+        .iter()
+        .filter(|(name, _, _)| name != "info")
+        .map(|c| c.1)
+        .sum()
+}
+
+/// The Redis section: memory, CPU, the busiest commands, and — when `sends` is given — the
+/// cost of one send: Redis CPU µs and commands (those inside scripts included). For a
+/// cluster, every node's CPU and its share of the scripts it ran (the stream work).
+pub async fn redis_section(
+    args: &Args,
+    before: Option<RedisSamples>,
+    sends: Option<u64>,
+) -> Option<Section> {
+    let before = before?;
+    let after = sample_all(args.redis_url.as_deref()?).await.ok()?;
+    let pairs: Vec<(&String, &RedisSample, &RedisSample)> = before
+        .0
+        .iter()
+        .zip(&after.0)
+        .map(|((url, b), (_, a))| (url, b, a))
+        .collect();
+    let first = pairs.first()?;
+    let secs = first
+        .2
+        .at
+        .duration_since(first.1.at)
+        .as_secs_f64()
+        .max(1e-9);
     let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
-    let top = top_commands(&b.commands, &a.commands, 6);
-    let all_usec: u64 = top_commands(&b.commands, &a.commands, usize::MAX)
+    let sum = |f: &dyn Fn(&RedisSample, &RedisSample) -> f64| -> f64 {
+        pairs.iter().map(|(_, b, a)| f(b, a)).sum()
+    };
+    let mem_before: u64 = pairs.iter().map(|(_, b, _)| b.used_memory).sum();
+    let mem_after: u64 = pairs.iter().map(|(_, _, a)| a.used_memory).sum();
+    let cpu_secs = sum(&|b, a| a.cpu_secs - b.cpu_secs);
+    let calls = sum(&|b, a| counted_calls(b, a) as f64);
+    // Commands of all nodes together, busiest first.
+    let mut merged_before: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut merged_after: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (_, b, a) in &pairs {
+        for (m, s) in [(&mut merged_before, b), (&mut merged_after, a)] {
+            for (k, (c, u)) in &s.commands {
+                let e = m.entry(k.clone()).or_insert((0, 0));
+                e.0 += c;
+                e.1 += u;
+            }
+        }
+    }
+    let top = top_commands(&merged_before, &merged_after, 6);
+    let all_usec: u64 = top_commands(&merged_before, &merged_after, usize::MAX)
         .iter()
         .map(|c| c.2)
         .sum();
     let mut s = Section::new("redis")
-        .num("used_memory before", mib(b.used_memory), "MiB")
-        .num("used_memory after", mib(a.used_memory), "MiB")
-        .num(
-            "used_memory delta",
-            mib(a.used_memory) - mib(b.used_memory),
-            "MiB",
-        )
-        .num(
-            "cpu",
-            (a.cpu_secs - b.cpu_secs) / secs * 100.0,
-            "% of a core",
-        )
+        .int("nodes", pairs.len() as u64)
+        .num("used_memory before", mib(mem_before), "MiB")
+        .num("used_memory after", mib(mem_after), "MiB")
+        .num("used_memory delta", mib(mem_after) - mib(mem_before), "MiB")
+        .num("cpu", cpu_secs / secs * 100.0, "% of a core")
         .num(
             "command time",
             all_usec as f64 / 1e6 / secs * 100.0,
             "% of a core",
         );
+    if let Some(sends) = sends.filter(|&n| n > 0) {
+        s = s
+            .num("cpu per send", cpu_secs * 1e6 / sends as f64, "us")
+            .num("commands per send", calls / sends as f64, "");
+    }
+    if pairs.len() > 1 {
+        let scripts: Vec<u64> = pairs
+            .iter()
+            .map(|(_, b, a)| {
+                let c = |x: &RedisSample| x.commands.get("evalsha").map_or(0, |v| v.0);
+                c(a).saturating_sub(c(b))
+            })
+            .collect();
+        let total: u64 = scripts.iter().sum();
+        let busy = scripts.iter().filter(|&&n| n > 0).count().max(1) as f64;
+        for ((url, b, a), n) in pairs.iter().zip(&scripts) {
+            let share = if total > 0 {
+                *n as f64 / (total as f64 / busy)
+            } else {
+                0.0
+            };
+            s = s.text(
+                &format!("node {url}"),
+                format!(
+                    "cpu {:.1}% of a core, {n} script calls ({:.0}% of an even share)",
+                    (a.cpu_secs - b.cpu_secs) / secs * 100.0,
+                    share * 100.0
+                ),
+            );
+        }
+    }
     for (name, calls, usec) in top {
         s = s.text(
             &format!("cmd {name}"),
@@ -320,7 +401,7 @@ pub async fn redis_section(args: &Args, before: Option<RedisSample>) -> Option<S
             ),
         );
     }
-    if a.commands.contains_key("evalsha") || a.commands.contains_key("fcall") {
+    if merged_after.contains_key("evalsha") || merged_after.contains_key("fcall") {
         s = s.text(
             "note",
             "commands run inside scripts count on their own line and again in evalsha/fcall",

@@ -6,6 +6,7 @@ use confab_shared::commands::{Command, CommandEnvelope, Reply};
 use confab_shared::domain::SENDER_ASSISTANT;
 use confab_shared::events::Event;
 use confab_shared::keys;
+use confab_shared::streams::parse_stream_id;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -28,11 +29,15 @@ pub struct Context<'a> {
 /// `ARGV[1]` of apply.lua.
 #[derive(Serialize, Debug)]
 pub struct ApplyRequest<'a> {
-    /// The command's stream entry: commands apply in entry order, each once.
-    pub entry: &'a str,
+    /// The command's stream entry (`ms-seq`): commands apply in entry order, each once; `ms`
+    /// is the command's time, when Redis accepted it.
+    pub ms: u64,
+    pub seq: u64,
     /// The entry of the previous command of the same conversation in this batch.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<&'a str>,
+    pub after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
     pub part: &'a str,
     pub epoch: u64,
     pub publish: &'static str,
@@ -193,9 +198,13 @@ pub fn request<'a>(
         ),
     };
     let (event_head, event_tail) = event.map(|e| e.template()).unwrap_or_default();
+    let (ms, seq) = parse_stream_id(entry).unwrap_or_default();
+    let after = after.and_then(parse_stream_id);
     ApplyRequest {
-        entry,
-        after,
+        ms,
+        seq,
+        after_ms: after.map(|a| a.0),
+        after_seq: after.map(|a| a.1),
         part: ctx.part,
         epoch: ctx.epoch,
         publish: ctx.publish,

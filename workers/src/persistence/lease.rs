@@ -150,6 +150,9 @@ pub async fn heartbeat(conn: &mut Conn, me: &str, ttl: Duration) -> RedisResult<
         .arg(-1)
         .query_async(conn)
         .await?;
+    // By name, not by heartbeat time: every replica must see the same order.
+    let mut members = members;
+    members.sort_unstable();
     Ok(members)
 }
 

@@ -255,7 +255,7 @@ pub async fn run(args: &Args) -> Result<Report> {
             .counts("other frames", other),
     );
     r.push(procs);
-    if let Some(s) = sys::redis_section(args, redis_before).await {
+    if let Some(s) = sys::redis_section(args, redis_before, Some(acked)).await {
         r.push(s);
     }
     Ok(r)

@@ -1,0 +1,307 @@
+//! `apply.lua` on a real Redis, one call at a time: exactly once (the cursor), order (the
+//! `after` chain), fencing (the epoch), message ids, refusals, key expiry — and the same
+//! script on a Redis Cluster, where it publishes with `SPUBLISH` in its own slot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use confab_e2e::{Mode, Redis};
+use confab_shared::commands::{Command, CommandEnvelope};
+use confab_shared::db::Conn;
+use confab_shared::domain::Message;
+use confab_shared::keys;
+use confab_shared::scripting::{decode_reply, Lua};
+use confab_workers::persistence::apply::{self, ApplyReply, Context, Outcome};
+use uuid::Uuid;
+
+struct Fixture {
+    redis: Redis,
+    conn: Conn,
+    script: Lua,
+    /// Entry ids are `base + a` ms: real times, so deadlines and TTLs are in the future.
+    base: u64,
+}
+
+async fn fixture(mode: Mode) -> Fixture {
+    let redis = Redis::start_in(mode).await;
+    let mut conn = redis.conn();
+    let script = Lua::new(include_str!("../src/lua/apply.lua"));
+    script.load(&mut conn).await.unwrap();
+    Fixture {
+        redis,
+        conn,
+        script,
+        base: confab_shared::db::now_ms(),
+    }
+}
+
+fn ctx(part: &'static str, epoch: u64, max_messages: u64, cluster: bool) -> Context<'static> {
+    Context {
+        part,
+        epoch,
+        publish: if cluster { "SPUBLISH" } else { "PUBLISH" },
+        history: 2000,
+        max_messages,
+        open_ttl_ms: 60_000,
+        member_ttl_ms: 60_000,
+    }
+}
+
+fn create(cid: Uuid) -> CommandEnvelope {
+    CommandEnvelope {
+        id: Uuid::new_v4(),
+        reply_to: None,
+        command: Command::CreateConversation {
+            conversation_id: cid,
+            owner: None,
+            members: vec![],
+            title: None,
+            assistant: false,
+        },
+    }
+}
+
+fn send_with(cid: Uuid, message_id: Uuid, text: &str) -> CommandEnvelope {
+    CommandEnvelope {
+        id: Uuid::new_v4(),
+        reply_to: None,
+        command: Command::SendMessage {
+            conversation_id: cid,
+            message: Message {
+                message_id,
+                sender: "agent".into(),
+                content: text.into(),
+                timestamp: "2025-04-05T14:00:00Z".into(),
+                stopped: false,
+            },
+            actor: None,
+            assistant_reply: None,
+        },
+    }
+}
+
+fn send(cid: Uuid, text: &str) -> CommandEnvelope {
+    send_with(cid, Uuid::new_v4(), text)
+}
+
+impl Fixture {
+    /// The stream entry id `(base + a)-b`.
+    fn e(&self, a: u64, b: u64) -> String {
+        format!("{}-{b}", self.base + a)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Context<'_>,
+        entry: &str,
+        after: Option<&str>,
+        env: &CommandEnvelope,
+    ) -> ApplyReply {
+        let req = apply::request(ctx, entry, after, env);
+        let cid = env.command.conversation_id();
+        let v: redis::Value = self
+            .script
+            .call(&keys::conv_keys(&cid), &req)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        decode_reply(&v).unwrap()
+    }
+
+    async fn messages(&self, cid: Uuid) -> u64 {
+        self.redis.q(&["ZCARD", &keys::conv_order(&cid)]).await
+    }
+
+    async fn meta(&self, cid: Uuid, field: &str) -> Option<String> {
+        self.redis.q(&["HGET", &keys::conv_meta(&cid), field]).await
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_entry_is_a_duplicate_and_writes_nothing() {
+    let f = fixture(Mode::Standalone).await;
+    let c = ctx("p0-1", 1, 100, false);
+    let cid = Uuid::new_v4();
+    assert_eq!(
+        f.apply(&c, &f.e(1, 0), None, &create(cid)).await.outcome,
+        Outcome::Applied
+    );
+    let hello = send(cid, "hello");
+    let first = f.apply(&c, &f.e(2, 0), None, &hello).await;
+    assert_eq!(first.outcome, Outcome::Applied);
+    assert_eq!(first.event_id, 1);
+    // The same entry again (a new owner re-reading after the last commit): nothing new.
+    let again = f.apply(&c, &f.e(2, 0), None, &hello).await;
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    // So is anything older than the cursor.
+    let older = f.apply(&c, &f.e(1, 5), None, &send(cid, "late")).await;
+    assert_eq!(older.outcome, Outcome::Duplicate);
+    assert_eq!(f.messages(cid).await, 1);
+    assert_eq!(f.meta(cid, "eseq").await.as_deref(), Some("1"));
+    assert_eq!(f.meta(cid, "cm").await, Some((f.base + 2).to_string()));
+    assert_eq!(f.meta(cid, "cs").await.as_deref(), Some("0"));
+    let created_again = f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    assert_eq!(created_again.outcome, Outcome::Duplicate);
+}
+
+#[tokio::test]
+async fn a_resubmitted_message_id_is_a_duplicate() {
+    let f = fixture(Mode::Standalone).await;
+    let c = ctx("p0-1", 1, 100, false);
+    let cid = Uuid::new_v4();
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    let mid = Uuid::new_v4();
+    assert_eq!(
+        f.apply(&c, &f.e(2, 0), None, &send_with(cid, mid, "once"))
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+    // The same message in a later entry (a command appended twice).
+    let twice = f
+        .apply(&c, &f.e(3, 0), None, &send_with(cid, mid, "once"))
+        .await;
+    assert_eq!(twice.outcome, Outcome::Duplicate);
+    assert_eq!(f.messages(cid).await, 1);
+    // The cursor moved, so a command chained after it still applies.
+    let next = f
+        .apply(&c, &f.e(4, 0), Some(&*f.e(3, 0)), &send(cid, "next"))
+        .await;
+    assert_eq!(next.outcome, Outcome::Applied);
+    assert_eq!(next.event_id, 2);
+}
+
+#[tokio::test]
+async fn a_command_after_one_that_did_not_apply_refuses_to_apply() {
+    let f = fixture(Mode::Standalone).await;
+    let c = ctx("p0-1", 1, 100, false);
+    let cid = Uuid::new_v4();
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    f.apply(&c, &f.e(2, 0), None, &send(cid, "a")).await;
+    // 3-0 failed (say, out of memory) and never ran; 4-0 names it as its predecessor.
+    let b = f
+        .apply(&c, &f.e(4, 0), Some(&*f.e(3, 0)), &send(cid, "c"))
+        .await;
+    assert_eq!(b.outcome, Outcome::OutOfOrder);
+    assert_eq!(f.messages(cid).await, 1, "nothing written out of order");
+    // Retried in order, both apply.
+    assert_eq!(
+        f.apply(&c, &f.e(3, 0), None, &send(cid, "b")).await.outcome,
+        Outcome::Applied
+    );
+    assert_eq!(
+        f.apply(&c, &f.e(4, 0), Some(&*f.e(3, 0)), &send(cid, "c"))
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+    assert_eq!(f.messages(cid).await, 3);
+}
+
+#[tokio::test]
+async fn an_older_epoch_of_the_same_partition_is_fenced_where_a_newer_one_wrote() {
+    let f = fixture(Mode::Standalone).await;
+    let cid = Uuid::new_v4();
+    let old = ctx("p3-7", 4, 100, false);
+    let new = ctx("p3-7", 5, 100, false);
+    f.apply(&old, &f.e(1, 0), None, &create(cid)).await;
+    assert_eq!(
+        f.apply(&new, &f.e(2, 0), None, &send(cid, "new owner"))
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+    // The previous owner wakes up and tries a later entry it had read: refused.
+    let stale = f.apply(&old, &f.e(3, 0), None, &send(cid, "stale")).await;
+    assert_eq!(stale.outcome, Outcome::Fenced);
+    assert_eq!(f.messages(cid).await, 1);
+    // After STREAM_PARTITIONS changed, another partition's owner may write here.
+    let moved = ctx("p9-2", 1, 100, false);
+    assert_eq!(
+        f.apply(&moved, &f.e(4, 0), None, &send(cid, "repartitioned"))
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+}
+
+#[tokio::test]
+async fn refusals_move_the_cursor_and_are_answered_the_same_again() {
+    let f = fixture(Mode::Standalone).await;
+    let c = ctx("p0-1", 1, 1, false);
+    let cid = Uuid::new_v4();
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    f.apply(&c, &f.e(2, 0), None, &send(cid, "fills it")).await;
+    let full = f
+        .apply(&c, &f.e(3, 0), None, &send(cid, "one too many"))
+        .await;
+    assert_eq!(full.outcome, Outcome::Full);
+    // Chained after the refusal, the next command is not out of order.
+    let next = f
+        .apply(&c, &f.e(4, 0), Some(&*f.e(3, 0)), &send(cid, "still full"))
+        .await;
+    assert_eq!(next.outcome, Outcome::Full);
+    // A redelivery of the refused command answers the same refusal.
+    let again = f
+        .apply(&c, &f.e(3, 0), None, &send(cid, "one too many"))
+        .await;
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert_eq!(again.failed, Some(Outcome::Full));
+    // Unknown conversations are refused without writing anything.
+    let ghost = Uuid::new_v4();
+    let r = f.apply(&c, &f.e(5, 0), None, &send(ghost, "nobody")).await;
+    assert_eq!(r.outcome, Outcome::NotFound);
+    assert!(f
+        .redis
+        .keys(&format!("confab:conv:{{{ghost}}}*"))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn every_key_of_a_conversation_expires_and_messages_are_stored_once() {
+    let f = fixture(Mode::Standalone).await;
+    let c = ctx("p0-1", 1, 100, false);
+    let cid = Uuid::new_v4();
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    f.apply(&c, &f.e(2, 0), None, &send(cid, "x".repeat(1000).as_str()))
+        .await;
+    let keys = f.redis.keys(&format!("confab:conv:{{{cid}}}*")).await;
+    // meta, order, msgs: a message is kept once (msgs), ordered by its eventId (order); the
+    // history stream holds only other events.
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for k in &keys {
+        let ttl: i64 = f.redis.q(&["PTTL", k]).await;
+        assert!(ttl > 60_000, "{k}: {ttl}");
+    }
+    let score: u64 = f
+        .redis
+        .q(&["ZSCORE", &keys::conv_order(&cid), &{
+            let ids: Vec<String> = f
+                .redis
+                .q(&["ZRANGE", &keys::conv_order(&cid), "0", "0"])
+                .await;
+            ids[0].clone()
+        }])
+        .await;
+    assert_eq!(score, 1, "ordered by eventId");
+}
+
+#[tokio::test]
+async fn on_a_cluster_the_script_publishes_in_its_own_slot() {
+    let f = fixture(Mode::Cluster).await;
+    let c = ctx("p0-1", 1, 100, true);
+    let cid = Uuid::new_v4();
+    let mut events = f.redis.subscribe(&[keys::conv_channel(&cid)]).await;
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    let r = f.apply(&c, &f.e(2, 0), None, &send(cid, "sharded")).await;
+    assert_eq!(r.outcome, Outcome::Applied);
+    let (channel, payload) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(channel, keys::conv_channel(&cid));
+    let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["eventId"], 1);
+    assert_eq!(v["message"]["content"], "sharded");
+}
