@@ -1,6 +1,6 @@
 //! Reads straight from Redis (writes go through the command pipeline).
 //!
-//! - [`Store::fetch`]: a conversation and its messages in one Lua round trip.
+//! - [`Store::fetch`]: a conversation and its messages in two round trips.
 //! - [`Store::kind`]: open or member chat — immutable once created, so cached (bounded).
 //! - [`Store::summaries`]: a user's chat list, newest activity first.
 //! - [`Store::history`]: a conversation's stored events after an eventId, for WebSocket resume.
@@ -20,12 +20,6 @@ use uuid::Uuid;
 const KIND_CACHE_MAX: usize = 100_000;
 /// History entries read per round trip of a resume.
 const HISTORY_PAGE: usize = 256;
-
-/// `ARGV[1]` of fetch.lua.
-#[derive(Serialize)]
-struct FetchRequest<'a> {
-    actor: &'a str,
-}
 
 /// `ARGV[1]` of history.lua.
 #[derive(Serialize)]
@@ -84,7 +78,6 @@ impl Conversation {
 #[derive(Clone)]
 pub struct Store {
     conn: Conn,
-    fetch: Arc<Lua>,
     history: Arc<Lua>,
     kinds: Arc<Mutex<HashMap<Uuid, Kind>>>,
 }
@@ -93,7 +86,6 @@ impl Store {
     pub fn new(conn: Conn) -> Self {
         Self {
             conn,
-            fetch: Arc::new(Lua::new(include_str!("lua/fetch.lua"))),
             history: Arc::new(Lua::new(include_str!("lua/history.lua"))),
             kinds: Arc::default(),
         }
@@ -103,54 +95,82 @@ impl Store {
         self.conn.clone()
     }
 
-    /// `None` when the conversation does not exist or `actor` may not see it.
+    /// `None` when the conversation does not exist, is past its inactivity deadline (cleanup
+    /// deletes it shortly), or is a member chat `actor` may not see.
+    ///
+    /// Two round trips of plain commands (in the conversation's slot): the metadata, the
+    /// members and the message order; then the messages. A script would read the same but
+    /// copy every message into Lua and back, three times the Redis CPU for a long chat. A
+    /// message deleted in between is simply not in the answer.
     pub async fn fetch(&self, id: Uuid, actor: Option<&str>) -> RedisResult<Option<Conversation>> {
-        let keys = [
-            keys::conv_meta(&id),
-            keys::conv_order(&id),
-            keys::conv_msgs(&id),
-            keys::conv_members(&id),
-        ];
         let mut conn = self.conn.clone();
-        let request = FetchRequest {
-            actor: actor.unwrap_or(""),
-        };
-        let v: Value = self.fetch.run_raw(&mut conn, &keys, &request).await?;
-        let Value::Array(items) = v else {
+        type Head = (Vec<Option<String>>, Vec<String>, Vec<String>, Vec<u64>);
+        let (meta, members, order, now): Head = redis::pipe()
+            .cmd("HMGET")
+            .arg(keys::conv_meta(&id))
+            .arg(&[
+                "kind",
+                "title",
+                "assistant",
+                "eseq",
+                "created",
+                "last",
+                "ttl",
+            ])
+            .cmd("SMEMBERS")
+            .arg(keys::conv_members(&id))
+            .cmd("ZRANGE")
+            .arg(keys::conv_order(&id))
+            .arg(0)
+            .arg(-1)
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await?;
+        let field = |i: usize| meta.get(i).cloned().flatten();
+        let num = |i: usize| field(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Some(kind) = field(0) else {
             return Ok(None);
         };
-        if items.len() != 8 {
+        let now_ms =
+            now.first().copied().unwrap_or(0) * 1000 + now.get(1).copied().unwrap_or(0) / 1000;
+        if num(5) + num(6) <= now_ms {
             return Ok(None);
         }
-        let s = |i: usize| {
-            items
-                .get(i)
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .unwrap_or_default()
-        };
-        let n = |i: usize| s(i).parse::<u64>().unwrap_or(0);
-        let list = |i: usize| {
-            items
-                .get(i)
-                .and_then(|v| redis::from_redis_value_ref::<Vec<String>>(v).ok())
-                .unwrap_or_default()
-        };
-        let kind = if s(0) == "member" {
+        let kind = if kind == "member" {
             Kind::Member
         } else {
             Kind::Open
         };
+        if kind == Kind::Member && !actor.is_some_and(|a| members.iter().any(|m| m == a)) {
+            return Ok(None);
+        }
         self.remember(id, kind);
+        let messages: Vec<String> = if order.is_empty() {
+            Vec::new()
+        } else {
+            let stored: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(keys::conv_msgs(&id))
+                .arg(&order)
+                .query_async(&mut conn)
+                .await?;
+            stored.into_iter().flatten().collect()
+        };
+        let mut members = if kind == Kind::Member {
+            members
+        } else {
+            Vec::new()
+        };
+        members.sort();
         Ok(Some(Conversation {
             id,
             kind,
-            title: s(1),
-            assistant: s(2) == "1",
-            last_event_id: n(3),
-            created_ms: n(4),
-            last_ms: n(5),
-            members: list(6),
-            messages: list(7),
+            title: field(1).unwrap_or_default(),
+            assistant: field(2).as_deref() == Some("1"),
+            last_event_id: num(3),
+            created_ms: num(4),
+            last_ms: num(5),
+            members,
+            messages,
         }))
     }
 

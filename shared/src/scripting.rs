@@ -48,6 +48,13 @@ impl Lua {
         cmd
     }
 
+    /// An `EVALSHA` with a request already encoded (`encode_request`).
+    pub fn call_raw<K: redis::ToRedisArgs>(&self, keys: &[K], request: Vec<u8>) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.sha()).arg(keys.len()).arg(keys).arg(request);
+        cmd
+    }
+
     /// Runs the script with `request` and decodes its MessagePack reply, loading the script
     /// first if Redis does not know it.
     pub async fn run<T: DeserializeOwned, K: redis::ToRedisArgs, R: Serialize>(

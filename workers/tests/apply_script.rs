@@ -99,7 +99,7 @@ impl Fixture {
         let cid = env.command.conversation_id();
         let v: redis::Value = self
             .script
-            .call(&keys::conv_keys(&cid), &req)
+            .call_raw(&keys::conv_keys(&cid), req.encode())
             .query_async(&mut self.conn.clone())
             .await
             .unwrap();

@@ -1,35 +1,99 @@
 -- apply.lua — applies one command to one conversation, atomically.
 --
 -- KEYS (one hash tag, the conversation's): meta, order, msgs, events, members, answer, failed
--- ARGV[1]: the request, MessagePack — `ApplyRequest` in persistence/apply.rs:
---   op         'create' | 'send' | 'delete' | 'add_member'
---   ms, seq    the command's stream entry id (ms-seq): commands apply in entry order, each
---              once; its ms is also the command's time (when Redis accepted it)
---   after_ms, after_seq  (optional) the entry of the previous command of this conversation in
---              the batch, which must be the cursor now (it did not apply otherwise: stop)
---   part, epoch   the partition owner's fencing token
+-- ARGV[1]: the request, MessagePack — `ApplyRequest` in persistence/apply.rs, the same
+-- fields for every op, those without a value left out (read as ''); numbers as decimal
+-- strings:
+--   op          'create' | 'send' | 'delete' | 'add_member'
+--   ms, seq     the command's stream entry id (ms-seq): commands apply in entry order, each
+--               once; ms is also the command's time (when Redis accepted it)
+--   after_ms, after_seq   the entry of the previous command of this conversation in the batch,
+--               which must be the cursor now (it did not apply otherwise: stop)
+--   part, epoch the partition owner's fencing token
 --   publish, channel   'PUBLISH' or 'SPUBLISH', and the conversation's channel
---   history, grace_ms   non-message events kept for resume; how long keys outlive the deadline
---   event_head, event_tail   the event Rust encoded, split where the eventId goes
---   op-specific fields below.
+--   history, grace_ms  non-message events kept for resume; how long keys outlive the deadline
+--   event_head, event_tail   the event Rust encoded, split where the eventId goes; a message
+--               event ends with the message itself, which is not sent twice: its tail stops
+--               before it, and the script appends message .. '}' 
+--   actor       the signed-in user ('' in open conversations, 'assistant' for replies)
+--   message_id, message, human ('1' when a person wrote it), max_messages,
+--   answers_up_to, done_event   (send; the last two for assistant replies)
+--   owner ('' = open), title, assistant_arg ('1'), ttl_ms, members   (create)
+--   username    (add_member)
 -- Returns a MessagePack map — `ApplyReply`: outcome ('applied' | 'duplicate' | 'not_found' |
 -- 'message_not_found' | 'forbidden' | 'full' | 'exists' | 'fenced' | 'out_of_order'),
 -- event_id, deadline, assistant, hseq, members, failed.
 --
 -- Storage: a message is kept once, in msgs (id → JSON), and ordered in order (id scored by
 -- its eventId). The events stream holds the other events (deletes, joins) for resume.
--- Meta fields: kind owner title assistant created ttl last deadline | eseq (last eventId)
--- cnt (messages held) | cm cs (cursor: the last applied entry) fp fe (fence: partition and
--- epoch of the last writer) | hseq (newest human eventId) aseq (answered up to) | xp (when
--- the keys expire; pushed out in steps of ttl/8, so most writes touch no TTL).
+-- Meta fields: kind owner title assistant created ttl last (activity: the deadline is
+-- last + ttl) | eseq (last eventId) cnt (messages held) | cm cs (cursor: the last applied
+-- entry) fp fe (fence: partition and epoch of the last writer) | hseq (newest human eventId)
+-- aseq (answered up to) | xp (when the keys expire; pushed out in steps of ttl/8, so most
+-- writes touch no TTL).
+-- Numbers travel as strings where they can: a Lua number in redis.call is formatted with
+-- printf, which costs more than the command.
 
 local req = cmsgpack.unpack(ARGV[1])
+local op, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
 local META, ORDER, MSGS, EVENTS, MEMBERS, FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
 
 local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
-  'eseq', 'cnt', 'xp', 'hseq', 'deadline')
+  'eseq', 'cnt', 'xp', 'hseq', 'last')
 local ckind = m[1]
 local member = ckind == 'member'
+
+-- The hot path, inline: a new message, in order, from its partition's current owner.
+if op == 'send' and ckind and done_event == '' and answers_up_to == ''
+    and (m[6] ~= part or tonumber(epoch) >= tonumber(m[7] or 0))
+    and (after_ms == '' or (after_ms == m[4] and after_seq == m[5])) then
+  local ms_n, cm = tonumber(ms), tonumber(m[4])
+  local cnt = tonumber(m[9] or 0)
+  if (not cm or ms_n > cm or (ms_n == cm and tonumber(seq) > tonumber(m[5])))
+      and cnt < tonumber(max_messages)
+      and (not member or actor == 'assistant'
+        or (actor ~= '' and redis.call('SISMEMBER', MEMBERS, actor) == 1))
+      and redis.call('HSETNX', MSGS, message_id, message) == 1 then
+    local eid_n = tonumber(m[8] or 0) + 1
+    local eid = tostring(eid_n)
+    redis.call('ZADD', ORDER, eid, message_id)
+    redis.call(publish, channel, event_head .. eid .. event_tail .. message .. '}')
+    local ttl = tonumber(m[3])
+    local deadline = ms_n + ttl
+    local hs = tonumber(m[11] or 0)
+    local f = { 'eseq', eid, 'cnt', tostring(cnt + 1), 'cm', ms, 'cs', seq, 'last', ms }
+    if human == '1' and m[2] == '1' then
+      hs = eid_n
+      f[11], f[12] = 'hseq', eid
+    end
+    if m[6] ~= part or m[7] ~= epoch then
+      f[#f + 1], f[#f + 2] = 'fp', part
+      f[#f + 1], f[#f + 2] = 'fe', epoch
+    end
+    local xp = tonumber(m[10] or 0)
+    local grace = tonumber(grace_ms)
+    if xp < deadline + grace then
+      xp = deadline + grace + math.floor(ttl / 8)
+      f[#f + 1], f[#f + 2] = 'xp', tostring(xp)
+      redis.call('HSET', META, unpack(f))
+      for i = 1, #KEYS do
+        if i ~= 6 then
+          redis.call('PEXPIREAT', KEYS[i], xp)
+        end
+      end
+    else
+      redis.call('HSET', META, unpack(f))
+      if cnt == 0 then
+        redis.call('PEXPIREAT', ORDER, xp)
+        redis.call('PEXPIREAT', MSGS, xp)
+      end
+    end
+    return cmsgpack.pack({ outcome = 'applied', event_id = eid_n, deadline = deadline,
+      assistant = m[2] == '1', hseq = hs })
+  end
+end
+
+-- Every other case: refusals, duplicates, fencing, the other ops.
 local assistant = m[2] == '1'
 local ttl = tonumber(m[3] or 0)
 local eseq, cnt = tonumber(m[8] or 0), tonumber(m[9] or 0)
@@ -41,47 +105,61 @@ local function members_sorted()
   return list
 end
 
+local function deadline_now()
+  return m[12] and tonumber(m[12]) + ttl or 0
+end
+
 local function answer(outcome, event_id, deadline)
   return cmsgpack.pack({ outcome = outcome, event_id = event_id or 0,
-    deadline = deadline or tonumber(m[12] or 0), assistant = assistant, hseq = hseq })
+    deadline = deadline or deadline_now(), assistant = assistant, hseq = hseq })
 end
 
 -- Fencing, exactly-once and order. nil: go ahead.
+local ms_n, seq_n = tonumber(ms), tonumber(seq)
+local grace = tonumber(grace_ms)
+
 local function gate()
-  if m[6] == req.part and req.epoch < tonumber(m[7] or 0) then
+  if m[6] == part and tonumber(epoch) < tonumber(m[7] or 0) then
     return cmsgpack.pack({ outcome = 'fenced' })
   end
   local cm, cs = tonumber(m[4]), tonumber(m[5])
-  if cm and (req.ms < cm or (req.ms == cm and req.seq <= cs)) then
-    local r = { outcome = 'duplicate', deadline = tonumber(m[12] or 0), assistant = assistant,
+  if cm and (ms_n < cm or (ms_n == cm and seq_n <= cs)) then
+    local r = { outcome = 'duplicate', deadline = deadline_now(), assistant = assistant,
       hseq = hseq, event_id = 0 }
-    r.failed = redis.call('HGET', FAILED, req.ms .. '-' .. req.seq) or nil
-    if member and (req.op == 'create' or req.op == 'add_member') then
+    r.failed = redis.call('HGET', FAILED, ms .. '-' .. seq) or nil
+    if member and (op == 'create' or op == 'add_member') then
       r.members = members_sorted()
     end
     return cmsgpack.pack(r)
   end
-  if req.after_ms and (req.after_ms ~= cm or req.after_seq ~= cs) then
+  if after_ms ~= '' and (after_ms ~= m[4] or after_seq ~= m[5]) then
     return cmsgpack.pack({ outcome = 'out_of_order' })
   end
   return nil
 end
 
--- Writes back the meta fields (with the cursor, fence and deadline) and the keys' expiry:
+-- The cursor and, when it changed, the fence, into `fields`.
+local function cursor(fields)
+  local n = #fields
+  fields[n + 1], fields[n + 2] = 'cm', ms
+  fields[n + 3], fields[n + 4] = 'cs', seq
+  if m[6] ~= part or m[7] ~= epoch then
+    fields[n + 5], fields[n + 6] = 'fp', part
+    fields[n + 7], fields[n + 8] = 'fe', epoch
+  end
+end
+
+-- Writes back the meta fields (with the cursor, fence and activity) and the keys' expiry:
 -- the TTL is the safety net for deployments without cleanup workers. `created` lists keys
 -- this command brought into existence, which get the current expiry.
 local function finish(fields, created)
-  local deadline = req.ms + ttl
+  local deadline = ms_n + ttl
+  cursor(fields)
   local n = #fields
-  fields[n + 1], fields[n + 2] = 'cm', req.ms
-  fields[n + 3], fields[n + 4] = 'cs', req.seq
-  fields[n + 5], fields[n + 6] = 'fp', req.part
-  fields[n + 7], fields[n + 8] = 'fe', req.epoch
-  fields[n + 9], fields[n + 10] = 'last', req.ms
-  fields[n + 11], fields[n + 12] = 'deadline', deadline
-  if xp < deadline + req.grace_ms then
-    xp = deadline + req.grace_ms + math.floor(ttl / 8)
-    fields[n + 13], fields[n + 14] = 'xp', xp
+  fields[n + 1], fields[n + 2] = 'last', ms
+  if xp < deadline + grace then
+    xp = deadline + grace + math.floor(ttl / 8)
+    fields[n + 3], fields[n + 4] = 'xp', xp
     redis.call('HSET', META, unpack(fields))
     for i = 1, #KEYS do
       if i ~= 6 then
@@ -103,14 +181,10 @@ local function refuse(outcome, fields)
   if redis.call('HLEN', FAILED) >= 64 then
     redis.call('DEL', FAILED)
   end
-  if redis.call('HSET', FAILED, req.ms .. '-' .. req.seq, outcome) == 1 and xp > 0 then
+  if redis.call('HSET', FAILED, ms .. '-' .. seq, outcome) == 1 and xp > 0 then
     redis.call('PEXPIREAT', FAILED, xp)
   end
-  local n = #fields
-  fields[n + 1], fields[n + 2] = 'cm', req.ms
-  fields[n + 3], fields[n + 4] = 'cs', req.seq
-  fields[n + 5], fields[n + 6] = 'fp', req.part
-  fields[n + 7], fields[n + 8] = 'fe', req.epoch
+  cursor(fields)
   redis.call('HSET', META, unpack(fields))
   return answer(outcome)
 end
@@ -119,23 +193,24 @@ end
 -- is eventId order.
 local function emit(fields, created)
   eseq = eseq + 1
-  local ev = req.event_head .. eseq .. req.event_tail
-  redis.call('XADD', EVENTS, 'MAXLEN', '~', req.history, eseq .. '-1', 'e', ev)
+  local eid = tostring(eseq)
+  local ev = event_head .. eid .. event_tail
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', history, eid .. '-1', 'e', ev)
   if eseq == 1 then
     created[#created + 1] = EVENTS
   end
-  redis.call(req.publish, req.channel, ev)
-  fields[#fields + 1], fields[#fields + 2] = 'eseq', eseq
+  redis.call(publish, channel, ev)
+  fields[#fields + 1], fields[#fields + 2] = 'eseq', eid
   return eseq
 end
 
-if req.op == 'send' then
+if op == 'send' then
   -- actor ('' in open conversations, 'assistant' for the completion worker), message_id,
   -- message (JSON), human, max_messages, answers_up_to and done_event (assistant replies)
   if not ckind then
     return cmsgpack.pack({ outcome = 'not_found' })
   end
-  if member and req.actor ~= 'assistant' and (req.actor == '' or redis.call('SISMEMBER', MEMBERS, req.actor) == 0) then
+  if member and actor ~= 'assistant' and (actor == '' or redis.call('SISMEMBER', MEMBERS, actor) == 0) then
     return cmsgpack.pack({ outcome = 'not_found' })
   end
   local stop = gate()
@@ -143,30 +218,31 @@ if req.op == 'send' then
     return stop
   end
   local fields = {}
-  if req.answers_up_to and req.answers_up_to > tonumber(redis.call('HGET', META, 'aseq') or 0) then
-    fields[1], fields[2] = 'aseq', req.answers_up_to
+  if answers_up_to ~= '' and tonumber(answers_up_to) > tonumber(redis.call('HGET', META, 'aseq') or 0) then
+    fields[1], fields[2] = 'aseq', answers_up_to
   end
-  if cnt >= req.max_messages then
+  if cnt >= tonumber(max_messages) then
     return refuse('full', fields)
   end
   -- The message id is the gateway's: a second command carrying it (a resubmission) is the
   -- same message, so it is a duplicate too — and nothing was written before this check.
-  if redis.call('HSETNX', MSGS, req.message_id, req.message) == 0 then
-    redis.call('HSET', META, 'cm', req.ms, 'cs', req.seq)
+  if redis.call('HSETNX', MSGS, message_id, message) == 0 then
+    redis.call('HSET', META, 'cm', ms, 'cs', seq)
     return answer('duplicate')
   end
   eseq = eseq + 1
-  redis.call('ZADD', ORDER, eseq, req.message_id)
-  redis.call(req.publish, req.channel, req.event_head .. eseq .. req.event_tail)
+  local eid = tostring(eseq)
+  redis.call('ZADD', ORDER, eid, message_id)
+  redis.call(publish, channel, event_head .. eid .. event_tail .. message .. '}')
   local n = #fields
-  fields[n + 1], fields[n + 2] = 'eseq', eseq
-  fields[n + 3], fields[n + 4] = 'cnt', cnt + 1
-  if req.human and assistant then
+  fields[n + 1], fields[n + 2] = 'eseq', eid
+  fields[n + 3], fields[n + 4] = 'cnt', tostring(cnt + 1)
+  if human == '1' and assistant then
     hseq = eseq
-    fields[n + 5], fields[n + 6] = 'hseq', eseq
+    fields[n + 5], fields[n + 6] = 'hseq', eid
   end
-  if req.done_event then
-    redis.call(req.publish, req.channel, req.done_event)
+  if done_event ~= '' then
+    redis.call(publish, channel, done_event)
   end
   local created = {}
   if cnt == 0 then
@@ -175,20 +251,20 @@ if req.op == 'send' then
   return answer('applied', eseq, finish(fields, created))
 end
 
-if req.op == 'create' then
+if op == 'create' then
   -- owner ('' = an open conversation), title, assistant, ttl_ms, members
   if ckind then
     return gate() or answer('exists')
   end
-  ckind = req.owner == '' and 'open' or 'member'
+  ckind = owner == '' and 'open' or 'member'
   member = ckind == 'member'
-  assistant = req.assistant
-  ttl = req.ttl_ms
-  local fields = { 'kind', ckind, 'owner', req.owner, 'title', req.title,
-    'assistant', assistant and '1' or '0', 'created', req.ms, 'ttl', ttl, 'eseq', 0, 'cnt', 0 }
+  assistant = assistant_arg == '1'
+  ttl = tonumber(ttl_ms)
+  local fields = { 'kind', ckind, 'owner', owner, 'title', title,
+    'assistant', assistant and '1' or '0', 'created', ms, 'ttl', ttl_ms, 'eseq', '0', 'cnt', '0' }
   local created = { META }
   if member then
-    redis.call('SADD', MEMBERS, req.owner, unpack(req.members))
+    redis.call('SADD', MEMBERS, owner, unpack(req.members or {}))
     created[2] = MEMBERS
   end
   local r = { outcome = 'applied', event_id = 0, assistant = assistant, hseq = 0 }
@@ -203,33 +279,33 @@ if not ckind then
   return cmsgpack.pack({ outcome = 'not_found' })
 end
 
-if req.op == 'delete' then
+if op == 'delete' then
   -- actor, message_id. Only the author deletes in a member chat; the stored JSON starts
   -- {"messageId":"…","sender":"…" (Rust's field order), so no JSON decoding is needed.
-  if member and (req.actor == '' or redis.call('SISMEMBER', MEMBERS, req.actor) == 0) then
+  if member and (actor == '' or redis.call('SISMEMBER', MEMBERS, actor) == 0) then
     return cmsgpack.pack({ outcome = 'not_found' })
   end
   local stop = gate()
   if stop then
     return stop
   end
-  local stored = redis.call('HGET', MSGS, req.message_id)
+  local stored = redis.call('HGET', MSGS, message_id)
   if not stored then
     return refuse('message_not_found', {})
   end
-  if member and string.match(stored, '^{"messageId":"[^"]*","sender":"([^"]*)"') ~= req.actor then
+  if member and string.match(stored, '^{"messageId":"[^"]*","sender":"([^"]*)"') ~= actor then
     return refuse('forbidden', {})
   end
-  redis.call('ZREM', ORDER, req.message_id)
-  redis.call('HDEL', MSGS, req.message_id)
-  local fields, created = { 'cnt', cnt - 1 }, {}
+  redis.call('ZREM', ORDER, message_id)
+  redis.call('HDEL', MSGS, message_id)
+  local fields, created = { 'cnt', tostring(cnt - 1) }, {}
   local eid = emit(fields, created)
   return answer('applied', eid, finish(fields, created))
 end
 
-if req.op == 'add_member' then
+if op == 'add_member' then
   -- actor, username
-  if not member or redis.call('SISMEMBER', MEMBERS, req.actor) == 0 then
+  if not member or redis.call('SISMEMBER', MEMBERS, actor) == 0 then
     return cmsgpack.pack({ outcome = 'not_found' })
   end
   local stop = gate()
@@ -238,7 +314,7 @@ if req.op == 'add_member' then
   end
   local fields, created = {}, {}
   local eid = 0
-  if redis.call('SADD', MEMBERS, req.username) == 1 then
+  if redis.call('SADD', MEMBERS, username) == 1 then
     eid = emit(fields, created)
   end
   local r = { outcome = 'applied', event_id = eid, assistant = assistant, hseq = hseq }
@@ -247,4 +323,4 @@ if req.op == 'add_member' then
   return cmsgpack.pack(r)
 end
 
-return redis.error_reply('unknown op ' .. tostring(req.op))
+return redis.error_reply('unknown op ' .. tostring(op))

@@ -11,12 +11,13 @@
 local req = cmsgpack.unpack(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if not deadline then
+local m = redis.call('HMGET', KEYS[1], 'last', 'ttl')
+if not m[1] then
   return cmsgpack.pack({ outcome = 'gone' })
 end
-if tonumber(deadline) > now then
-  return cmsgpack.pack({ outcome = 'not_due', deadline = tonumber(deadline) })
+local deadline = tonumber(m[1]) + tonumber(m[2] or 0)
+if deadline > now then
+  return cmsgpack.pack({ outcome = 'not_due', deadline = deadline })
 end
 local members = redis.call('SMEMBERS', KEYS[5])
 redis.call('DEL', unpack(KEYS))

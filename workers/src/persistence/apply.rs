@@ -6,9 +6,9 @@ use confab_shared::commands::{Command, CommandEnvelope, Reply};
 use confab_shared::domain::SENDER_ASSISTANT;
 use confab_shared::events::Event;
 use confab_shared::keys;
-use confab_shared::streams::parse_stream_id;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// Keys outlive the inactivity deadline by this much, so cleanup workers (which publish
@@ -26,32 +26,31 @@ pub struct Context<'a> {
     pub member_ttl_ms: u64,
 }
 
-/// `ARGV[1]` of apply.lua.
-#[derive(Serialize, Debug)]
+/// `ARGV[1]` of apply.lua: one MessagePack map with the same fields for every op
+/// ([`ApplyRequest::FIELDS`], read by name in the script's first lines). Numbers the script
+/// stores go as decimal strings (a Lua number passed to Redis is formatted with printf);
+/// absent values are empty strings.
+#[derive(Debug)]
 pub struct ApplyRequest<'a> {
     /// The command's stream entry (`ms-seq`): commands apply in entry order, each once; `ms`
     /// is the command's time, when Redis accepted it.
-    pub ms: u64,
-    pub seq: u64,
+    pub ms: &'a str,
+    pub seq: &'a str,
     /// The entry of the previous command of the same conversation in this batch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub after_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub after_seq: Option<u64>,
+    pub after_ms: Option<&'a str>,
+    pub after_seq: Option<&'a str>,
     pub part: &'a str,
-    pub epoch: u64,
+    pub epoch: String,
     pub publish: &'static str,
     pub channel: String,
     pub history: u64,
     pub grace_ms: u64,
     pub event_head: String,
     pub event_tail: String,
-    #[serde(flatten)]
     pub op: Op<'a>,
 }
 
-#[derive(Serialize, Debug)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum Op<'a> {
     Create {
         owner: &'a str,
@@ -66,9 +65,7 @@ pub enum Op<'a> {
         message: String,
         human: bool,
         max_messages: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
         answers_up_to: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         done_event: Option<&'a str>,
     },
     Delete {
@@ -79,6 +76,114 @@ pub enum Op<'a> {
         actor: &'a str,
         username: &'a str,
     },
+}
+
+impl ApplyRequest<'_> {
+    /// The request's fields, as the script names them; `members` (a list) follows.
+    pub const FIELDS: [&'static str; 25] = [
+        "op",
+        "ms",
+        "seq",
+        "after_ms",
+        "after_seq",
+        "part",
+        "epoch",
+        "publish",
+        "channel",
+        "history",
+        "grace_ms",
+        "event_head",
+        "event_tail",
+        "actor",
+        "message_id",
+        "message",
+        "human",
+        "max_messages",
+        "answers_up_to",
+        "done_event",
+        "owner",
+        "title",
+        "assistant_arg",
+        "ttl_ms",
+        "username",
+    ];
+
+    /// The request as apply.lua's one argument; empty fields are left out (the script reads
+    /// them as '').
+    pub fn encode(&self) -> Vec<u8> {
+        let mut map: std::collections::BTreeMap<&str, serde_json::Value> =
+            std::collections::BTreeMap::new();
+        let mut set = |name: &'static str, value: String| {
+            debug_assert!(Self::FIELDS.contains(&name), "{name}");
+            if !value.is_empty() {
+                map.insert(name, value.into());
+            }
+        };
+        set("ms", self.ms.into());
+        set("seq", self.seq.into());
+        set("after_ms", self.after_ms.unwrap_or_default().into());
+        set("after_seq", self.after_seq.unwrap_or_default().into());
+        set("part", self.part.into());
+        set("epoch", self.epoch.clone());
+        set("publish", self.publish.into());
+        set("channel", self.channel.clone());
+        set("history", self.history.to_string());
+        set("grace_ms", self.grace_ms.to_string());
+        set("event_head", self.event_head.clone());
+        set("event_tail", self.event_tail.clone());
+        let mut members: Vec<String> = Vec::new();
+        match &self.op {
+            Op::Create {
+                owner,
+                title,
+                assistant,
+                ttl_ms,
+                members: m,
+            } => {
+                set("op", "create".into());
+                set("owner", (*owner).into());
+                set("title", (*title).into());
+                set("assistant_arg", if *assistant { "1" } else { "" }.into());
+                set("ttl_ms", ttl_ms.to_string());
+                members = m.to_vec();
+            }
+            Op::Send {
+                actor,
+                message_id,
+                message,
+                human,
+                max_messages,
+                answers_up_to,
+                done_event,
+            } => {
+                set("op", "send".into());
+                set("actor", (*actor).into());
+                set("message_id", message_id.clone());
+                set("message", message.clone());
+                set("human", if *human { "1" } else { "" }.into());
+                set("max_messages", max_messages.to_string());
+                set(
+                    "answers_up_to",
+                    answers_up_to.map(|n| n.to_string()).unwrap_or_default(),
+                );
+                set("done_event", done_event.unwrap_or_default().into());
+            }
+            Op::Delete { actor, message_id } => {
+                set("op", "delete".into());
+                set("actor", (*actor).into());
+                set("message_id", message_id.clone());
+            }
+            Op::AddMember { actor, username } => {
+                set("op", "add_member".into());
+                set("actor", (*actor).into());
+                set("username", (*username).into());
+            }
+        }
+        if !members.is_empty() {
+            map.insert("members", members.into());
+        }
+        confab_shared::scripting::encode_request(&map)
+    }
 }
 
 /// What apply.lua decided.
@@ -154,12 +259,14 @@ pub fn request<'a>(
             assistant_reply,
             ..
         } => {
-            let raw = serde_json::value::to_raw_value(message).ok();
-            let event = raw.map(|message| Event::Message {
-                conversation_id: cid,
-                event_id: 0,
-                message,
-            });
+            // The message ends its event; the script appends it to the tail (`0}` here).
+            let event = RawValue::from_string("0".into())
+                .ok()
+                .map(|message| Event::Message {
+                    conversation_id: cid,
+                    event_id: 0,
+                    message,
+                });
             (
                 Op::Send {
                     actor: actor.as_deref().unwrap_or(""),
@@ -197,16 +304,19 @@ pub fn request<'a>(
             }),
         ),
     };
-    let (event_head, event_tail) = event.map(|e| e.template()).unwrap_or_default();
-    let (ms, seq) = parse_stream_id(entry).unwrap_or_default();
-    let after = after.and_then(parse_stream_id);
+    let (event_head, mut event_tail) = event.map(|e| e.template()).unwrap_or_default();
+    if matches!(env.command, Command::SendMessage { .. }) {
+        event_tail.truncate(event_tail.len().saturating_sub("0}".len()));
+    }
+    let (ms, seq) = entry.split_once('-').unwrap_or((entry, "0"));
+    let after = after.and_then(|a| a.split_once('-'));
     ApplyRequest {
         ms,
         seq,
         after_ms: after.map(|a| a.0),
         after_seq: after.map(|a| a.1),
         part: ctx.part,
-        epoch: ctx.epoch,
+        epoch: ctx.epoch.to_string(),
         publish: ctx.publish,
         channel: keys::conv_channel(&cid),
         history: ctx.history,
@@ -376,18 +486,44 @@ mod tests {
         let env = send("agent");
         let req = request(&ctx(), "5-0", Some("4-0"), &env);
         assert!(req.event_head.ends_with("\"eventId\":"));
-        assert!(req.event_tail.contains("hi \\\"there\\\""));
-        let full = format!("{}7{}", req.event_head, req.event_tail);
+        let Op::Send { message, .. } = &req.op else {
+            panic!("not a send");
+        };
+        // What the script publishes: head, eventId, tail, the message, '}'.
+        assert_eq!(req.event_tail, ",\"message\":");
+        let full = format!("{}7{}{message}}}", req.event_head, req.event_tail);
         let v: serde_json::Value = serde_json::from_str(&full).unwrap_or_default();
         assert_eq!(v["type"], "message");
         assert_eq!(v["eventId"], 7);
-        let Op::Send { human, message, .. } = &req.op else {
+        assert_eq!(v["message"]["content"], "hi \"there\"");
+        let Op::Send { human, .. } = &req.op else {
             panic!("not a send");
         };
         assert!(human);
         assert!(message.starts_with("{\"messageId\":\""), "{message}");
-        let packed = confab_shared::scripting::encode_request(&req);
-        assert!(!packed.is_empty());
+        let packed: std::collections::BTreeMap<String, serde_json::Value> =
+            confab_shared::scripting::decode_reply(&redis::Value::BulkString(req.encode()))
+                .unwrap_or_default();
+        assert_eq!(packed["op"], "send");
+        assert_eq!(packed["after_ms"], "4");
+        assert!(!packed.contains_key("owner"), "empty fields are left out");
+    }
+
+    /// The script reads the request's fields by name in its first lines: exactly these.
+    #[test]
+    fn the_script_reads_the_fields_rust_writes() {
+        let lua = include_str!("../lua/apply.lua");
+        let start = lua
+            .find("local op,")
+            .unwrap_or_else(|| panic!("no field line"));
+        let end = lua[start..]
+            .find(" = req.op or")
+            .unwrap_or_else(|| panic!("no field line"));
+        let names: Vec<&str> = lua[start + "local ".len()..start + end]
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert_eq!(names, ApplyRequest::FIELDS);
     }
 
     #[test]

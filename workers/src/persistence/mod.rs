@@ -10,16 +10,18 @@
 //! leaves the set, so the others take over at their next tick.
 //!
 //! ## Applying ([`partition`], [`apply`])
-//! Each owned partition runs its own task on a connection of its own: read after the
-//! committed offset, one `apply.lua` call per command (atomic per conversation: the write,
-//! the history entry and the event's publish), replies and notices, then a fenced commit.
-//! See [`partition`] for order, exactly-once and fencing.
+//! Each owned partition runs its own task: entries read after the committed offset (one
+//! shared `XREAD` for all owned partitions on standalone Redis), one `apply.lua` call per
+//! command (atomic per conversation: the write, the event and its publish), replies and
+//! notices, and a fenced commit — all on the replica's one multiplexed connection. See
+//! [`partition`] for order, exactly-once and fencing.
 //!
 //! ## Durability ([`replicas`])
 //! With `REDIS_WAIT_REPLICAS` above 0 every batch ends in `WAIT`, and a command is answered
 //! with success only when that many replicas confirmed it; shards without enough online
 //! replicas answer 503 `replicas_unavailable` at once.
 
+pub mod answers;
 pub mod apply;
 pub mod lease;
 pub mod partition;
@@ -59,10 +61,15 @@ pub async fn run(
     if cfg.redis_wait_replicas > 0 {
         tokio::spawn(replicas.clone().watch(conn.clone(), background.clone()));
     }
+    let feeds = partition::Feeds::start(&redis, cfg.worker_batch_size, background.clone())
+        .await
+        .context("opening the command-stream reader")?;
     let shared = Arc::new(partition::Shared {
         cfg: cfg.clone(),
         redis,
         conn: conn.clone(),
+        answers: answers::Publisher::start(conn.clone()),
+        feeds,
         apply,
         commit,
         replicas,

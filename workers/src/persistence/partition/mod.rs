@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! loop {
-//!   read    XREAD after the newest entry in hand (blocking only when idle)
-//!   apply   one apply.lua call per command, in stream order, chained per conversation
-//!           + the due commit + the read of the next entries: one round trip standalone
+//!   take    the entries the feed read (feed.rs: one XREAD for every owned partition)
+//!   apply   one apply.lua call per command, in stream order, chained per conversation,
+//!           + the due commit: one pipeline on the replica's shared connection
 //!   answer  replies to the waiting gateways (one publish per gateway), user notices
 //! }
 //! ```
+//!
+//! All partition tasks of a replica send on one multiplexed connection, so what they send at
+//! the same moment travels together: Redis pays for round trips, not for partitions.
 //!
 //! **Order.** Entries are read with `XREAD` from the committed offset, not handed out by a
 //! consumer group, so a replica that lost the partition cannot take entries away from the
@@ -30,14 +33,13 @@
 
 mod commit;
 mod exec;
+mod feed;
 mod round;
 mod window;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_shared::commands::Reply;
 use confab_shared::db::{Conn, Redis};
 use confab_shared::keys::{self, PartitionKeys};
 use confab_shared::scripting::{decode_reply, Lua};
@@ -46,14 +48,16 @@ use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::answers::{Answers, Publisher};
 use super::lease::LeaseClock;
 use super::replicas::ReplicaHealth;
 use commit::{CommitReply, Limits, Outbox, Pending, Schedule};
+pub use feed::{Entries, Feeds};
 use round::Settled;
-use window::{Slot, Window};
+use window::Window;
 
-/// How long a read waits for new commands.
-const BLOCK: Duration = Duration::from_millis(1000);
+/// How long an idle partition waits for entries before looking at its commit again.
+const IDLE: Duration = Duration::from_millis(1000);
 /// Pause before retrying after a transient failure, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(1000);
@@ -64,8 +68,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub cfg: Arc<Config>,
     pub redis: Redis,
-    /// For replies and notices (other slots than the partition's).
+    /// Every partition task's commands: applies, commits.
     pub conn: Conn,
+    /// Where replies and notices go (published together, see answers.rs).
+    pub answers: Publisher,
+    /// The owned partitions' entries.
+    pub feeds: Feeds,
     pub apply: Lua,
     pub commit: Lua,
     pub replicas: ReplicaHealth,
@@ -94,6 +102,7 @@ pub struct Partition {
     shared: Arc<Shared>,
     own: Ownership,
     conn: Conn,
+    entries: Entries,
     window: Window,
     outbox: Outbox,
     schedule: Schedule,
@@ -102,11 +111,13 @@ pub struct Partition {
 
 impl Partition {
     pub async fn new(shared: Arc<Shared>, own: Ownership) -> RedisResult<Self> {
-        let conn = shared.redis.dedicated(BLOCK).await?;
+        let batch = shared.cfg.worker_batch_size;
+        let entries = shared.feeds.open(&own.keys, &own.offset, batch).await?;
         Ok(Self {
+            conn: shared.conn.clone(),
             shared,
             own,
-            conn,
+            entries,
             window: Window::default(),
             outbox: Outbox::default(),
             schedule: Schedule::new(),
@@ -154,12 +165,14 @@ impl Partition {
                 break self.final_commit().await;
             }
         };
+        self.shared.feeds.close(p);
         tracing::info!(partition = p, ?exit, "partition released");
         exit
     }
 
     /// One round: read when idle, else apply what is in hand. `Ok(false)`: the lease is lost.
     async fn step(&mut self, stop: &CancellationToken) -> RedisResult<bool> {
+        self.take_ready();
         if !self.window.has_todo() {
             return self.idle(stop).await;
         }
@@ -179,11 +192,6 @@ impl Partition {
         let mut partition_cmds = Vec::new();
         if let Some(p) = &pending {
             partition_cmds.push(self.commit_command(p));
-        }
-        let room = self.window_max().saturating_sub(self.window.len());
-        let prefetch = room > 0 && !calls.is_empty();
-        if prefetch {
-            partition_cmds.push(self.read_command(room));
         }
         let round = exec::Round {
             calls,
@@ -218,21 +226,32 @@ impl Partition {
                 return Ok(false);
             }
         }
-        if prefetch {
-            if let Some(Ok(v)) = extra.next() {
-                self.window.extend(read_reply(v));
-            }
-        }
         if settled.reload {
             self.shared.apply.load(&mut self.conn).await?;
         }
-        self.answer(settled.replies, settled.added).await;
+        self.shared
+            .answers
+            .send(Answers {
+                replies: settled.replies,
+                added: settled.added,
+            })
+            .await;
         self.backoff = if settled.transient {
             next_backoff(self.backoff)
         } else {
             Duration::ZERO
         };
         Ok(true)
+    }
+
+    /// Moves the entries the feed has read into the window, as far as it has room.
+    fn take_ready(&mut self) {
+        while self.window.len() < self.window_max() {
+            match self.entries.try_recv() {
+                Ok(slots) => self.window.extend(slots),
+                Err(_) => return,
+            }
+        }
     }
 
     /// Nothing to apply: commit what is due, then wait for new entries (no longer than a
@@ -243,10 +262,8 @@ impl Partition {
                 return Ok(false);
             }
         }
-        let (done, _) = self.window.done_prefix();
-        let room = self.window_max().saturating_sub(self.window.len());
-        if room == 0 {
-            // Only done entries, too many to read past: commit them now.
+        if self.window.len() >= self.window_max() {
+            // Only done entries, too many to take more: commit them now.
             let (n, last) = self.window.done_prefix();
             let p = Pending {
                 prefix: n,
@@ -255,46 +272,22 @@ impl Partition {
             };
             return self.commit_now(p).await;
         }
-        let block = match self.schedule.wait_at_most(done) {
-            Some(d) if d < BLOCK => d.max(Duration::from_millis(1)),
-            _ => BLOCK,
-        };
-        let cmd = self.read_command_blocking(room, block);
-        let reply: RedisResult<Value> = tokio::select! {
-            r = cmd.query_async(&mut self.conn) => r,
+        let (done, _) = self.window.done_prefix();
+        let wait = self.schedule.wait_at_most(done).unwrap_or(IDLE).min(IDLE);
+        tokio::select! {
+            slots = self.entries.recv() => match slots {
+                Some(slots) => self.window.extend(slots),
+                None => return Ok(false),
+            },
+            _ = tokio::time::sleep(wait) => {}
             // Nothing is in hand but done entries: stopping here loses nothing.
-            _ = stop.cancelled() => return Ok(true),
-        };
-        self.window.extend(read_reply(reply?));
+            _ = stop.cancelled() => {}
+        }
         Ok(true)
     }
 
     fn window_max(&self) -> usize {
         self.shared.cfg.worker_batch_size.saturating_mul(4)
-    }
-
-    /// `XREAD COUNT n STREAMS <stream> <newest in hand>`, non-blocking.
-    fn read_command(&self, room: usize) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(room.min(self.shared.cfg.worker_batch_size))
-            .arg("STREAMS")
-            .arg(&self.own.keys.commands)
-            .arg(self.window.read_after(&self.own.offset));
-        cmd
-    }
-
-    /// The same read, waiting up to `block` for an entry.
-    fn read_command_blocking(&self, room: usize, block: Duration) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(room.min(self.shared.cfg.worker_batch_size))
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.own.keys.commands)
-            .arg(self.window.read_after(&self.own.offset));
-        cmd
     }
 
     /// The commit to send with this round, if one is due; it takes the outbox with it.
@@ -397,37 +390,6 @@ impl Partition {
         Exit::Stopped
     }
 
-    /// Publishes replies (one message per waiting gateway) and "chat added" notices.
-    async fn answer(&self, replies: HashMap<String, Vec<Reply>>, added: Vec<(String, Uuid)>) {
-        if replies.is_empty() && added.is_empty() {
-            return;
-        }
-        let mut conn = self.shared.conn.clone();
-        let now = confab_shared::db::now_ms();
-        let mut cmds = Vec::with_capacity(replies.len() + 2 * added.len());
-        for (gateway, batch) in &replies {
-            let payload = serde_json::to_string(batch).unwrap_or_default();
-            cmds.push(conn.publish(&keys::reply_channel(gateway), payload));
-        }
-        for (user, cid) in &added {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(keys::user_convs(user))
-                .arg("NX")
-                .arg(now)
-                .arg(cid.to_string());
-            cmds.push(zadd);
-            cmds.push(conn.publish(&keys::user_channel(user), user_notice(cid)));
-        }
-        match conn.query_many(cmds).await {
-            Ok(results) => {
-                for e in results.into_iter().filter_map(Result::err) {
-                    tracing::warn!(error = %e, "publishing a reply or notice failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "publishing replies failed"),
-        }
-    }
-
     /// Removes cleanup-index entries long past due whose conversation Redis already expired
     /// (no cleanup worker ran); entries of conversations that still exist stay.
     async fn prune(&mut self) -> RedisResult<()> {
@@ -476,26 +438,6 @@ impl Partition {
             .query_async(&mut self.conn)
             .await
     }
-}
-
-/// The entries of an `XREAD` reply (nil when there were none).
-fn read_reply(v: Value) -> Vec<Slot> {
-    let reply: Option<redis::streams::StreamReadReply> = redis::from_redis_value(v).ok().flatten();
-    reply
-        .map(|r| {
-            r.keys
-                .into_iter()
-                .flat_map(|k| k.ids)
-                .map(Slot::from_entry)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Tells a user's gateways that a chat now includes them; each gateway sends its clients
-/// the full `conversation_added` (it reads the chat's summary).
-fn user_notice(cid: &Uuid) -> String {
-    serde_json::json!({"type": "conversation_added", "conversationId": cid}).to_string()
 }
 
 fn next_backoff(current: Duration) -> Duration {

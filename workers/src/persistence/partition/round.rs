@@ -91,7 +91,10 @@ pub fn plan(
         let cid = env.command.conversation_id();
         let after = previous.insert(cid, s.id.clone());
         let req = apply::request(&ctx, &s.id, after.as_deref(), env);
-        calls.push((cid, shared.apply.call(&keys::conv_keys(&cid), &req)));
+        calls.push((
+            cid,
+            shared.apply.call_raw(&keys::conv_keys(&cid), req.encode()),
+        ));
     }
     (positions, calls)
 }

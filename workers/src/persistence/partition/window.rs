@@ -63,14 +63,6 @@ impl Window {
         self.slots.iter().any(|s| !s.done)
     }
 
-    /// The id to read after: the newest entry in hand, else `offset`.
-    pub fn read_after(&self, offset: &str) -> String {
-        self.slots
-            .back()
-            .map(|s| s.id.clone())
-            .unwrap_or_else(|| offset.to_string())
-    }
-
     pub fn extend(&mut self, slots: Vec<Slot>) {
         self.slots.extend(slots);
     }
@@ -150,7 +142,6 @@ mod tests {
             }
         }
         assert_eq!(w.done_prefix(), (1, Some("1-0".into())));
-        assert_eq!(w.read_after("0-0"), "3-0");
         w.drop_front(1);
         assert_eq!(w.len(), 2);
         assert!(w.has_todo());
