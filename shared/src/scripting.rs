@@ -48,6 +48,19 @@ impl Lua {
         cmd
     }
 
+    /// An `EVALSHA` whose arguments are plain ARGV in a fixed, documented order — for the
+    /// one script on every send's path (send.lua), where decoding a request map costs more
+    /// than the commands it runs.
+    pub fn call_argv<K: redis::ToRedisArgs, A: redis::ToRedisArgs>(
+        &self,
+        keys: &[K],
+        argv: &[A],
+    ) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.sha()).arg(keys.len()).arg(keys).arg(argv);
+        cmd
+    }
+
     /// An `EVALSHA` with a request already encoded (`encode_request`).
     pub fn call_raw<K: redis::ToRedisArgs>(&self, keys: &[K], request: Vec<u8>) -> Cmd {
         let mut cmd = redis::cmd("EVALSHA");

@@ -305,3 +305,88 @@ async fn on_a_cluster_the_script_publishes_in_its_own_slot() {
     assert_eq!(v["eventId"], 1);
     assert_eq!(v["message"]["content"], "sharded");
 }
+
+/// send.lua, the hot path: it applies a plain new message, and declines — writing nothing —
+/// everything apply.lua has to decide.
+mod send_fast_path {
+    use super::*;
+    use confab_workers::persistence::apply::SendRequest;
+
+    impl Fixture {
+        async fn fast(
+            &self,
+            ctx: &Context<'_>,
+            entry: &str,
+            after: Option<&str>,
+            env: &CommandEnvelope,
+        ) -> Option<ApplyReply> {
+            let send = Lua::new(include_str!("../src/lua/send.lua"));
+            send.load(&mut self.conn.clone()).await.unwrap();
+            let req = apply::request(ctx, entry, after, env);
+            let fast = SendRequest::for_command(&req).expect("a plain send");
+            let cid = env.command.conversation_id();
+            let v: redis::Value = send
+                .call_argv(&SendRequest::keys(&cid), fast.argv())
+                .query_async(&mut self.conn.clone())
+                .await
+                .unwrap();
+            SendRequest::reply(&v).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_in_order_and_declines_what_apply_lua_decides() {
+        let f = fixture(Mode::Standalone).await;
+        let c = ctx("p0-1", 2, 2, false);
+        let cid = Uuid::new_v4();
+        assert!(f
+            .fast(&c, &f.e(1, 0), None, &send(cid, "no chat yet"))
+            .await
+            .is_none());
+        f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+        let first = f
+            .fast(&c, &f.e(2, 0), None, &send(cid, "one"))
+            .await
+            .expect("applied");
+        assert_eq!(first.outcome, Outcome::Applied);
+        assert_eq!(first.event_id, 1);
+        // A redelivery, a command out of order, an older epoch: declined, nothing written.
+        assert!(f
+            .fast(&c, &f.e(2, 0), None, &send(cid, "again"))
+            .await
+            .is_none());
+        assert!(f
+            .fast(&c, &f.e(4, 0), Some(&*f.e(3, 0)), &send(cid, "gap"))
+            .await
+            .is_none());
+        let stale = ctx("p0-1", 1, 2, false);
+        assert!(f
+            .fast(&stale, &f.e(5, 0), None, &send(cid, "stale"))
+            .await
+            .is_none());
+        assert_eq!(f.messages(cid).await, 1);
+        // A message id seen before: declined (apply.lua calls it a duplicate).
+        let mid = Uuid::new_v4();
+        assert!(f
+            .fast(&c, &f.e(6, 0), None, &send_with(cid, mid, "two"))
+            .await
+            .is_some());
+        assert!(f
+            .fast(&c, &f.e(7, 0), None, &send_with(cid, mid, "two"))
+            .await
+            .is_none());
+        // Full (max 2): declined; apply.lua refuses it.
+        assert!(f
+            .fast(&c, &f.e(8, 0), None, &send(cid, "three"))
+            .await
+            .is_none());
+        let full = f.apply(&c, &f.e(8, 0), None, &send(cid, "three")).await;
+        assert_eq!(full.outcome, Outcome::Full);
+        assert_eq!(f.messages(cid).await, 2);
+        let keys = f.redis.keys(&format!("confab:conv:{{{cid}}}*")).await;
+        for k in &keys {
+            let ttl: i64 = f.redis.q(&["PTTL", k]).await;
+            assert!(ttl > 60_000, "{k}: {ttl}");
+        }
+    }
+}

@@ -1,4 +1,5 @@
--- apply.lua — applies one command to one conversation, atomically.
+-- apply.lua — applies one command to one conversation, atomically. (A plain new message
+-- takes send.lua, a lighter copy of the send path below; what it declines comes here.)
 --
 -- KEYS (one hash tag, the conversation's): meta, order, msgs, events, members, answer, failed
 -- ARGV[1]: the request, MessagePack — `ApplyRequest` in persistence/apply.rs, the same
@@ -43,57 +44,6 @@ local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp'
 local ckind = m[1]
 local member = ckind == 'member'
 
--- The hot path, inline: a new message, in order, from its partition's current owner.
-if op == 'send' and ckind and done_event == '' and answers_up_to == ''
-    and (m[6] ~= part or tonumber(epoch) >= tonumber(m[7] or 0))
-    and (after_ms == '' or (after_ms == m[4] and after_seq == m[5])) then
-  local ms_n, cm = tonumber(ms), tonumber(m[4])
-  local cnt = tonumber(m[9] or 0)
-  if (not cm or ms_n > cm or (ms_n == cm and tonumber(seq) > tonumber(m[5])))
-      and cnt < tonumber(max_messages)
-      and (not member or actor == 'assistant'
-        or (actor ~= '' and redis.call('SISMEMBER', MEMBERS, actor) == 1))
-      and redis.call('HSETNX', MSGS, message_id, message) == 1 then
-    local eid_n = tonumber(m[8] or 0) + 1
-    local eid = tostring(eid_n)
-    redis.call('ZADD', ORDER, eid, message_id)
-    redis.call(publish, channel, event_head .. eid .. event_tail .. message .. '}')
-    local ttl = tonumber(m[3])
-    local deadline = ms_n + ttl
-    local hs = tonumber(m[11] or 0)
-    local f = { 'eseq', eid, 'cnt', tostring(cnt + 1), 'cm', ms, 'cs', seq, 'last', ms }
-    if human == '1' and m[2] == '1' then
-      hs = eid_n
-      f[11], f[12] = 'hseq', eid
-    end
-    if m[6] ~= part or m[7] ~= epoch then
-      f[#f + 1], f[#f + 2] = 'fp', part
-      f[#f + 1], f[#f + 2] = 'fe', epoch
-    end
-    local xp = tonumber(m[10] or 0)
-    local grace = tonumber(grace_ms)
-    if xp < deadline + grace then
-      xp = deadline + grace + math.floor(ttl / 8)
-      f[#f + 1], f[#f + 2] = 'xp', tostring(xp)
-      redis.call('HSET', META, unpack(f))
-      for i = 1, #KEYS do
-        if i ~= 6 then
-          redis.call('PEXPIREAT', KEYS[i], xp)
-        end
-      end
-    else
-      redis.call('HSET', META, unpack(f))
-      if cnt == 0 then
-        redis.call('PEXPIREAT', ORDER, xp)
-        redis.call('PEXPIREAT', MSGS, xp)
-      end
-    end
-    return cmsgpack.pack({ outcome = 'applied', event_id = eid_n, deadline = deadline,
-      assistant = m[2] == '1', hseq = hs })
-  end
-end
-
--- Every other case: refusals, duplicates, fencing, the other ops.
 local assistant = m[2] == '1'
 local ttl = tonumber(m[3] or 0)
 local eseq, cnt = tonumber(m[8] or 0), tonumber(m[9] or 0)

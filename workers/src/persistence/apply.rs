@@ -186,6 +186,102 @@ impl ApplyRequest<'_> {
     }
 }
 
+/// The request of send.lua, the hot path for a plain new message: positional ARGV in
+/// [`SendRequest::ARGV`] order (the script names them in its first line).
+#[derive(Debug)]
+pub struct SendRequest {
+    argv: Vec<String>,
+}
+
+impl SendRequest {
+    pub const ARGV: [&'static str; 16] = [
+        "ms",
+        "seq",
+        "after_ms",
+        "after_seq",
+        "part",
+        "epoch",
+        "publish",
+        "channel",
+        "grace_ms",
+        "event_head",
+        "event_tail",
+        "actor",
+        "message_id",
+        "message",
+        "human",
+        "max_messages",
+    ];
+
+    /// send.lua's request for a plain send (not an assistant reply, which goes to apply.lua).
+    pub fn for_command(req: &ApplyRequest<'_>) -> Option<SendRequest> {
+        let Op::Send {
+            actor,
+            message_id,
+            message,
+            human,
+            max_messages,
+            answers_up_to: None,
+            done_event: None,
+        } = &req.op
+        else {
+            return None;
+        };
+        let argv = vec![
+            req.ms.to_string(),
+            req.seq.to_string(),
+            req.after_ms.unwrap_or_default().to_string(),
+            req.after_seq.unwrap_or_default().to_string(),
+            req.part.to_string(),
+            req.epoch.clone(),
+            req.publish.to_string(),
+            req.channel.clone(),
+            req.grace_ms.to_string(),
+            req.event_head.clone(),
+            req.event_tail.clone(),
+            actor.to_string(),
+            message_id.clone(),
+            message.clone(),
+            if *human { "1" } else { "" }.to_string(),
+            max_messages.to_string(),
+        ];
+        Some(SendRequest { argv })
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The keys send.lua takes: meta, order, msgs, members, events, failed.
+    pub fn keys(id: &Uuid) -> [String; 6] {
+        [
+            keys::conv_meta(id),
+            keys::conv_order(id),
+            keys::conv_msgs(id),
+            keys::conv_members(id),
+            keys::conv_events(id),
+            keys::conv_failed(id),
+        ]
+    }
+
+    /// send.lua's flat reply: `None` when it declined (apply.lua decides then).
+    pub fn reply(v: &redis::Value) -> redis::RedisResult<Option<ApplyReply>> {
+        let n: Vec<u64> = redis::from_redis_value_ref(v)?;
+        Ok(match n.as_slice() {
+            [1, event_id, deadline, assistant, hseq] => Some(ApplyReply {
+                outcome: Outcome::Applied,
+                event_id: *event_id,
+                deadline: *deadline,
+                assistant: *assistant == 1,
+                hseq: *hseq,
+                members: Vec::new(),
+                failed: None,
+            }),
+            _ => None,
+        })
+    }
+}
+
 /// What apply.lua decided.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -507,6 +603,28 @@ mod tests {
         assert_eq!(packed["op"], "send");
         assert_eq!(packed["after_ms"], "4");
         assert!(!packed.contains_key("owner"), "empty fields are left out");
+    }
+
+    /// send.lua names its ARGV in its first line: exactly these, in this order.
+    #[test]
+    fn send_lua_reads_argv_in_the_order_rust_writes_it() {
+        let lua = include_str!("../lua/send.lua");
+        let start = lua
+            .find("local ms,")
+            .unwrap_or_else(|| panic!("no unpack line"));
+        let end = lua[start..]
+            .find(" = unpack(ARGV")
+            .unwrap_or_else(|| panic!("no unpack"));
+        let names: Vec<&str> = lua[start + "local ".len()..start + end]
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert_eq!(names, SendRequest::ARGV);
+        let env = send("agent");
+        let req = request(&ctx(), "5-0", Some("4-0"), &env);
+        let fast = SendRequest::for_command(&req).unwrap_or_else(|| panic!("a plain send"));
+        assert_eq!(fast.argv().len(), SendRequest::ARGV.len());
+        assert_eq!(fast.argv()[2], "4");
     }
 
     /// The script reads the request's fields by name in its first lines: exactly these.

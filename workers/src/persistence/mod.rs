@@ -48,10 +48,14 @@ pub async fn run(
     let mut load_conn = conn.clone();
     let apply = Lua::new(include_str!("../lua/apply.lua"));
     let commit = Lua::new(include_str!("../lua/commit.lua"));
+    let send = Lua::new(include_str!("../lua/send.lua"));
     apply
         .load(&mut load_conn)
         .await
         .context("loading apply.lua")?;
+    send.load(&mut load_conn)
+        .await
+        .context("loading send.lua")?;
     commit
         .load(&mut load_conn)
         .await
@@ -71,6 +75,7 @@ pub async fn run(
         answers: answers::Publisher::start(conn.clone()),
         feeds,
         apply,
+        send,
         commit,
         replicas,
         owner: owner.clone(),

@@ -75,6 +75,8 @@ pub struct Shared {
     /// The owned partitions' entries.
     pub feeds: Feeds,
     pub apply: Lua,
+    /// The hot path for a plain new message.
+    pub send: Lua,
     pub commit: Lua,
     pub replicas: ReplicaHealth,
     pub owner: String,
@@ -149,6 +151,7 @@ impl Partition {
                         // Redis restarted or flushed its scripts: nothing of this step ran.
                         let _ = self.shared.commit.load(&mut self.conn).await;
                         let _ = self.shared.apply.load(&mut self.conn).await;
+                        let _ = self.shared.send.load(&mut self.conn).await;
                     } else {
                         tracing::warn!(partition = p, error = %e, "partition step failed; retrying");
                     }
@@ -228,6 +231,7 @@ impl Partition {
         }
         if settled.reload {
             self.shared.apply.load(&mut self.conn).await?;
+            self.shared.send.load(&mut self.conn).await?;
         }
         self.shared
             .answers
@@ -236,7 +240,7 @@ impl Partition {
                 added: settled.added,
             })
             .await;
-        self.backoff = if settled.transient {
+        self.backoff = if settled.transient && !settled.again {
             next_backoff(self.backoff)
         } else {
             Duration::ZERO

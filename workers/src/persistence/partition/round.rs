@@ -12,7 +12,7 @@ use confab_shared::scripting::{decode_reply, is_noscript};
 use redis::{Cmd, RedisResult, Value};
 use uuid::Uuid;
 
-use super::super::apply::{self, Applied, ApplyReply, Outcome};
+use super::super::apply::{self, Applied, ApplyReply, Outcome, SendRequest};
 use super::commit::Outbox;
 use super::exec::is_transient;
 use super::window::Window;
@@ -31,6 +31,8 @@ pub struct Settled {
     pub fenced: bool,
     /// Redis lost the script: load it again.
     pub reload: bool,
+    /// Something goes again at once (send.lua declined it).
+    pub again: bool,
 }
 
 impl Settled {
@@ -91,12 +93,26 @@ pub fn plan(
         let cid = env.command.conversation_id();
         let after = previous.insert(cid, s.id.clone());
         let req = apply::request(&ctx, &s.id, after.as_deref(), env);
-        calls.push((
-            cid,
-            shared.apply.call_raw(&keys::conv_keys(&cid), req.encode()),
-        ));
+        let fast = if s.fast {
+            SendRequest::for_command(&req)
+        } else {
+            None
+        };
+        let call = match fast {
+            Some(f) => shared.send.call_argv(&SendRequest::keys(&cid), f.argv()),
+            None => shared.apply.call_raw(&keys::conv_keys(&cid), req.encode()),
+        };
+        calls.push((cid, call));
     }
     (positions, calls)
+}
+
+/// An answer of send.lua (flat) or apply.lua (MessagePack); `Ok(None)`: send.lua declined.
+fn decode(v: &Value, fast: bool) -> RedisResult<Option<ApplyReply>> {
+    if fast && matches!(v, Value::Array(_)) {
+        return SendRequest::reply(v);
+    }
+    decode_reply::<ApplyReply>(v).map(Some)
 }
 
 /// Reads each call's answer into the window, the outbox and `settled`.
@@ -114,8 +130,14 @@ pub fn settle(
     for (&i, (result, replicated)) in positions.iter().zip(answers) {
         let Some(s) = window.get_mut(i) else { continue };
         let Ok(env) = &s.command else { continue };
-        let reply = match result.and_then(|v| decode_reply::<ApplyReply>(&v)) {
-            Ok(r) => r,
+        let reply = match result.and_then(|v| decode(&v, s.fast)) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // send.lua declined: apply.lua decides, in the next round.
+                s.fast = false;
+                settled.again = true;
+                continue;
+            }
             Err(e) if is_noscript(&e) => {
                 settled.reload = true;
                 settled.transient = true;

@@ -14,6 +14,8 @@ pub struct Slot {
     pub done: bool,
     /// Deterministic failures so far (a script error); transient ones do not count.
     pub failures: u64,
+    /// Try send.lua (a plain send); cleared once it declined.
+    pub fast: bool,
 }
 
 impl Slot {
@@ -45,6 +47,7 @@ impl Slot {
             raw,
             done: false,
             failures: 0,
+            fast: true,
         }
     }
 }

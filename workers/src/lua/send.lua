@@ -1,0 +1,77 @@
+-- send.lua — the hot path of apply.lua for the one command every chat sends most: a new
+-- message, in order, from its partition's current owner. Anything else (a duplicate, a
+-- refusal, a fenced writer, a command out of order, an assistant reply) is declined
+-- without writing, and the same command goes to apply.lua, which knows every case.
+--
+-- KEYS (the conversation's hash tag): meta, order, msgs, members, events, failed
+-- ARGV — `SendRequest::ARGV` in persistence/apply.rs, positional because this runs once per
+-- message and decoding a map costs more than half the commands below ('' = none):
+--   ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms,
+--   event_head, event_tail, actor, message_id, message, human, max_messages
+-- Returns { 1, eventId, deadline, assistant (0/1), newest human eventId } when applied,
+-- { 0 } when declined.
+local ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages = unpack(ARGV, 1, 16)
+local META, ORDER, MSGS, MEMBERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
+  'eseq', 'cnt', 'xp', 'hseq')
+if not m[1] then
+  return { 0 }
+end
+-- Fenced, out of order, a duplicate, full: apply.lua answers those.
+if m[6] == part and tonumber(epoch) < tonumber(m[7] or 0) then
+  return { 0 }
+end
+if after_ms ~= '' and (after_ms ~= m[4] or after_seq ~= m[5]) then
+  return { 0 }
+end
+local ms_n, cm = tonumber(ms), tonumber(m[4])
+if cm and (ms_n < cm or (ms_n == cm and tonumber(seq) <= tonumber(m[5]))) then
+  return { 0 }
+end
+local cnt = tonumber(m[9] or 0)
+if cnt >= tonumber(max_messages) then
+  return { 0 }
+end
+if m[1] == 'member' and (actor == '' or redis.call('SISMEMBER', MEMBERS, actor) == 0) then
+  return { 0 }
+end
+if redis.call('HSETNX', MSGS, message_id, message) == 0 then
+  return { 0 }
+end
+
+local eid_n = tonumber(m[8] or 0) + 1
+local eid = tostring(eid_n)
+redis.call('ZADD', ORDER, eid, message_id)
+redis.call(publish, channel, event_head .. eid .. event_tail .. message .. '}')
+local ttl = tonumber(m[3])
+local deadline = ms_n + ttl
+local assistant = m[2] == '1'
+local hseq = tonumber(m[11] or 0)
+local f = { 'eseq', eid, 'cnt', tostring(cnt + 1), 'cm', ms, 'cs', seq, 'last', ms }
+if human == '1' and assistant then
+  hseq = eid_n
+  f[11], f[12] = 'hseq', eid
+end
+if m[6] ~= part or m[7] ~= epoch then
+  f[#f + 1], f[#f + 2] = 'fp', part
+  f[#f + 1], f[#f + 2] = 'fe', epoch
+end
+-- The keys' TTL (the safety net without cleanup workers) moves in steps of ttl/8.
+local xp = tonumber(m[10] or 0)
+local grace = tonumber(grace_ms)
+if xp < deadline + grace then
+  xp = deadline + grace + math.floor(ttl / 8)
+  f[#f + 1], f[#f + 2] = 'xp', tostring(xp)
+  redis.call('HSET', META, unpack(f))
+  for i = 1, #KEYS do
+    redis.call('PEXPIREAT', KEYS[i], xp)
+  end
+else
+  redis.call('HSET', META, unpack(f))
+  if cnt == 0 then
+    redis.call('PEXPIREAT', ORDER, xp)
+    redis.call('PEXPIREAT', MSGS, xp)
+  end
+end
+return { 1, eid_n, deadline, assistant and 1 or 0, hseq }
