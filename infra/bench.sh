@@ -3,17 +3,22 @@
 # with the workspace's load generator (infra/loadgen) and prints the figures. Every run is
 # bounded in time and count and targets 127.0.0.1 only. Reports: target/bench/*.json.
 #
-#   BENCH="rest fanout hold assistant"  scenarios to run (default: all)
+#   BENCH="rest writes fanout hold assistant cluster"  scenarios to run (default: all)
 #   BENCH_DURATION=10s                  length of each measured phase
+#
+# rest:    64 REST clients, a GET every 20 sends (each GET reads the whole chat, up to 500)
+# writes:  the same without GETs: what a persisted send costs Redis
+# cluster: rest, writes and fanout against a 3-primary Redis Cluster (one replica each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=target/release
 OUT=target/bench
 LOGS=$OUT/logs
-SCENARIOS=${BENCH:-rest fanout hold assistant}
+SCENARIOS=${BENCH:-rest writes fanout hold assistant cluster}
 DURATION=${BENCH_DURATION:-10s}
 REDIS_PORT=6395
+CLUSTER_PORTS="6401 6402 6403 6404 6405 6406"
 GW_A=127.0.0.1:3995
 GW_B=127.0.0.1:3996
 MOCK=127.0.0.1:8395
@@ -58,6 +63,13 @@ stop_all() {
   sleep 0.5
 }
 
+# Stops the gateways and workers of the last run, keeping Redis (the cluster) up.
+stop_workers() {
+  pkill -TERM -f "^$BIN/(gateway|workers)" 2>/dev/null || true
+  sleep 1
+  pkill -KILL -f "^$BIN/(gateway|workers)" 2>/dev/null || true
+}
+
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=warn
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 fresh_redis() {
@@ -75,6 +87,57 @@ fresh_redis() {
   exit 1
 }
 
+# A 3-primary cluster with one replica each on $CLUSTER_PORTS (bus ports +10000).
+fresh_cluster() {
+  local urls=() addrs=()
+  for port in $CLUSTER_PORTS; do
+    port_free "$port" || { echo "bench: port $port is in use; stop what holds it" >&2; exit 1; }
+    rm -rf "$OUT/cluster/$port"; mkdir -p "$OUT/cluster/$port"
+    start "redis-$port" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --dir "$OUT/cluster/$port" --maxclients 20000
+    urls+=("redis://127.0.0.1:$port"); addrs+=("127.0.0.1:$port")
+  done
+  for port in $CLUSTER_PORTS; do
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$LOGS/cluster-create.log" 2>&1
+  for _ in $(seq 1 100); do
+    ok=1
+    for port in $CLUSTER_PORTS; do
+      redis-cli -p "$port" cluster info 2>/dev/null | grep -q cluster_state:ok || ok=0
+      redis-cli -p "$port" info replication 2>/dev/null | grep -q master_sync_in_progress:1 && ok=0
+    done
+    [ $ok = 1 ] && break
+    sleep 0.2
+  done
+  CLUSTER_URL=$(IFS=,; echo "${urls[*]}")
+}
+
+rest_run() {  # rest_run NAME [loadgen args...]
+  local name=$1; shift
+  GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway"
+  GW=$LAST
+  start persistence "$BIN/workers" persistence
+  WP=$LAST
+  wait_http $GW_A
+  "$BIN/loadgen" rest --url "http://$GW_A" --clients 64 --duration "$DURATION" \
+    --redis-url "$REDIS_URL" --gateway-pid "$GW" --worker-pid "$WP" --json "$OUT/$name.json" "$@"
+}
+
+fanout_run() {  # fanout_run NAME
+  GATEWAY_ADDR=$GW_A start gateway-a "$BIN/gateway"
+  GA=$LAST
+  GATEWAY_ADDR=$GW_B start gateway-b "$BIN/gateway"
+  GB=$LAST
+  start persistence "$BIN/workers" persistence
+  WP=$LAST
+  wait_http $GW_A; wait_http $GW_B
+  "$BIN/loadgen" fanout --url "http://$GW_A" --url "http://$GW_B" --connections 2000 --members 10 --rate 4000 \
+    --duration "$DURATION" --gateway-pid "$GA" --gateway-pid "$GB" --worker-pid "$WP" \
+    --redis-url "$REDIS_URL" --json "$OUT/$1.json"
+}
+
 machine | tee "$OUT/machine.txt"
 for scenario in $SCENARIOS; do
   echo
@@ -82,25 +145,13 @@ for scenario in $SCENARIOS; do
   fresh_redis
   case $scenario in
     rest)
-      GATEWAY_ADDR=$GW_A start gateway "$BIN/gateway"
-      GW=$LAST
-      start persistence "$BIN/workers" persistence
-      WP=$LAST
-      wait_http $GW_A
-      "$BIN/loadgen" rest --url "http://$GW_A" --clients 64 --duration "$DURATION" \
-        --redis-url "$REDIS_URL" --gateway-pid "$GW" --worker-pid "$WP" --redis-pid "$REDIS_PID" --json "$OUT/rest.json"
+      rest_run rest --redis-pid "$REDIS_PID"
+      ;;
+    writes)
+      rest_run writes --redis-pid "$REDIS_PID" --get-every 0
       ;;
     fanout)
-      GATEWAY_ADDR=$GW_A start gateway-a "$BIN/gateway"
-      GA=$LAST
-      GATEWAY_ADDR=$GW_B start gateway-b "$BIN/gateway"
-      GB=$LAST
-      start persistence "$BIN/workers" persistence
-      WP=$LAST
-      wait_http $GW_A; wait_http $GW_B
-      "$BIN/loadgen" fanout --url "http://$GW_A" --url "http://$GW_B" --connections 2000 --members 10 --rate 4000 \
-        --duration "$DURATION" --gateway-pid "$GA" --gateway-pid "$GB" --worker-pid "$WP" --redis-pid "$REDIS_PID" \
-        --redis-url "$REDIS_URL" --json "$OUT/fanout.json"
+      fanout_run fanout
       ;;
     hold)
       GATEWAY_ADDR=$GW_A WS_MAX_CONNECTIONS_PER_USER=20000 start gateway-a "$BIN/gateway"
@@ -124,8 +175,23 @@ for scenario in $SCENARIOS; do
       "$BIN/loadgen" assistant --url "http://$GW_A" --streams 200 --tps 50 --tokens 100 --duration "$DURATION" \
         --worker-pid "$WC" --gateway-pid "$GW" --json "$OUT/assistant.json"
       ;;
+    cluster)
+      stop_all
+      fresh_cluster
+      STANDALONE_URL=$REDIS_URL
+      export REDIS_URL=$CLUSTER_URL REDIS_CLUSTER=true
+      echo "-- cluster: REST sends with GETs --"
+      rest_run cluster-rest
+      stop_workers
+      echo "-- cluster: REST sends only --"
+      rest_run cluster-writes --get-every 0
+      stop_workers
+      echo "-- cluster: fan-out through sharded Pub/Sub --"
+      fanout_run cluster-fanout
+      export REDIS_URL=$STANDALONE_URL REDIS_CLUSTER=false
+      ;;
     *)
-      echo "bench: unknown scenario $scenario (rest, fanout, hold, assistant)" >&2
+      echo "bench: unknown scenario $scenario (rest, writes, fanout, hold, assistant, cluster)" >&2
       exit 2
       ;;
   esac

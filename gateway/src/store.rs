@@ -98,34 +98,41 @@ impl Store {
     /// `None` when the conversation does not exist, is past its inactivity deadline (cleanup
     /// deletes it shortly), or is a member chat `actor` may not see.
     ///
-    /// Two round trips of plain commands (in the conversation's slot): the metadata, the
-    /// members and the message order; then the messages. A script would read the same but
-    /// copy every message into Lua and back, three times the Redis CPU for a long chat. A
-    /// message deleted in between is simply not in the answer.
+    /// Plain commands in the conversation's slot, no script: a script would copy every
+    /// message into Lua and back, three times the Redis CPU for a long chat. The message
+    /// order and every message are read together (`ZRANGE` + `HGETALL`, one round trip) and
+    /// matched here. A chat known to be a member chat is checked first, so a non-member's
+    /// request never reads its messages.
     pub async fn fetch(&self, id: Uuid, actor: Option<&str>) -> RedisResult<Option<Conversation>> {
         let mut conn = self.conn.clone();
-        type Head = (Vec<Option<String>>, Vec<String>, Vec<String>, Vec<u64>);
-        let (meta, members, order, now): Head = redis::pipe()
-            .cmd("HMGET")
+        let known_member = self.cached_kind(id) == Some(Kind::Member);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
             .arg(keys::conv_meta(&id))
-            .arg(&[
-                "kind",
-                "title",
-                "assistant",
-                "eseq",
-                "created",
-                "last",
-                "ttl",
-            ])
+            .arg(&["kind", "title", "assistant", "eseq", "created", "last", "ttl"])
             .cmd("SMEMBERS")
             .arg(keys::conv_members(&id))
-            .cmd("ZRANGE")
-            .arg(keys::conv_order(&id))
-            .arg(0)
-            .arg(-1)
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await?;
+            .cmd("TIME");
+        if !known_member {
+            pipe.cmd("ZRANGE")
+                .arg(keys::conv_order(&id))
+                .arg(0)
+                .arg(-1)
+                .cmd("HGETALL")
+                .arg(keys::conv_msgs(&id));
+        }
+        let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let body: Option<(Vec<String>, HashMap<String, String>)> = if known_member {
+            None
+        } else {
+            let msgs = values.pop().unwrap_or(Value::Nil);
+            let order = values.pop().unwrap_or(Value::Nil);
+            Some((redis::from_redis_value(order)?, redis::from_redis_value(msgs)?))
+        };
+        let mut head = values.into_iter();
+        let meta: Vec<Option<String>> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
+        let members: Vec<String> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
+        let now: Vec<u64> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
         let field = |i: usize| meta.get(i).cloned().flatten();
         let num = |i: usize| field(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let Some(kind) = field(0) else {
@@ -141,20 +148,24 @@ impl Store {
         } else {
             Kind::Open
         };
+        self.remember(id, kind);
         if kind == Kind::Member && !actor.is_some_and(|a| members.iter().any(|m| m == a)) {
             return Ok(None);
         }
-        self.remember(id, kind);
-        let messages: Vec<String> = if order.is_empty() {
-            Vec::new()
-        } else {
-            let stored: Vec<Option<String>> = redis::cmd("HMGET")
+        let (order, mut stored) = match body {
+            Some(b) => b,
+            None => redis::pipe()
+                .cmd("ZRANGE")
+                .arg(keys::conv_order(&id))
+                .arg(0)
+                .arg(-1)
+                .cmd("HGETALL")
                 .arg(keys::conv_msgs(&id))
-                .arg(&order)
                 .query_async(&mut conn)
-                .await?;
-            stored.into_iter().flatten().collect()
+                .await?,
         };
+        // In send order; one deleted between the two reads is simply not there.
+        let messages: Vec<String> = order.iter().filter_map(|mid| stored.remove(mid)).collect();
         let mut members = if kind == Kind::Member {
             members
         } else {
@@ -174,9 +185,13 @@ impl Store {
         }))
     }
 
+    fn cached_kind(&self, id: Uuid) -> Option<Kind> {
+        self.kinds.lock().ok().and_then(|k| k.get(&id).copied())
+    }
+
     /// Open or member chat; `None` when it does not exist.
     pub async fn kind(&self, id: Uuid) -> RedisResult<Option<Kind>> {
-        if let Some(k) = self.kinds.lock().ok().and_then(|k| k.get(&id).copied()) {
+        if let Some(k) = self.cached_kind(id) {
             return Ok(Some(k));
         }
         let mut conn = self.conn.clone();

@@ -194,6 +194,8 @@ pub struct RedisSample {
     pub cpu_secs: f64,
     /// `INFO commandstats`: command → (calls, usec).
     pub commands: BTreeMap<String, (u64, u64)>,
+    /// A replica (`role:slave`): its work is the replication of the primaries' writes.
+    pub replica: bool,
     pub at: Instant,
 }
 
@@ -259,12 +261,17 @@ pub async fn redis_sample(url: &str) -> anyhow::Result<RedisSample> {
         .arg("commandstats")
         .query_async(&mut conn)
         .await?;
+    let repl: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await?;
     let num = |s: &str, f: &str| info_field(s, f).and_then(|v| v.parse::<f64>().ok());
     Ok(RedisSample {
         used_memory: num(&mem, "used_memory").unwrap_or(0.0) as u64,
         cpu_secs: num(&cpu, "used_cpu_user").unwrap_or(0.0)
             + num(&cpu, "used_cpu_sys").unwrap_or(0.0),
         commands: parse_commandstats(&stats),
+        replica: repl.contains("role:slave"),
         at: Instant::now(),
     })
 }
@@ -364,31 +371,62 @@ pub async fn redis_section(
         s = s
             .num("cpu per send", cpu_secs * 1e6 / sends as f64, "us")
             .num("commands per send", calls / sends as f64, "");
+        let replicas: Vec<&(&String, &RedisSample, &RedisSample)> =
+            pairs.iter().filter(|(_, _, a)| a.replica).collect();
+        if !replicas.is_empty() {
+            let cpu_of = |want_replica: bool| -> f64 {
+                pairs
+                    .iter()
+                    .filter(|(_, _, a)| a.replica == want_replica)
+                    .map(|(_, b, a)| a.cpu_secs - b.cpu_secs)
+                    .sum()
+            };
+            let calls_of = |want_replica: bool| -> f64 {
+                pairs
+                    .iter()
+                    .filter(|(_, _, a)| a.replica == want_replica)
+                    .map(|(_, b, a)| counted_calls(b, a) as f64)
+                    .sum()
+            };
+            s = s
+                .num("primaries: cpu per send", cpu_of(false) * 1e6 / sends as f64, "us")
+                .num("primaries: commands per send", calls_of(false) / sends as f64, "")
+                .num("replicas: cpu per send", cpu_of(true) * 1e6 / sends as f64, "us");
+        }
     }
     if pairs.len() > 1 {
-        let scripts: Vec<u64> = pairs
-            .iter()
-            .map(|(_, b, a)| {
-                let c = |x: &RedisSample| x.commands.get("evalsha").map_or(0, |v| v.0);
-                c(a).saturating_sub(c(b))
-            })
-            .collect();
-        let total: u64 = scripts.iter().sum();
-        let busy = scripts.iter().filter(|&&n| n > 0).count().max(1) as f64;
-        for ((url, b, a), n) in pairs.iter().zip(&scripts) {
-            let share = if total > 0 {
-                *n as f64 / (total as f64 / busy)
+        // A primary's share of the stream work (commands appended to its partitions) and
+        // of the conversation work (scripts), against an even split over the primaries.
+        let delta = |b: &RedisSample, a: &RedisSample, cmd: &str| {
+            let c = |x: &RedisSample| x.commands.get(cmd).map_or(0, |v| v.0);
+            c(a).saturating_sub(c(b))
+        };
+        let primaries: Vec<&(&String, &RedisSample, &RedisSample)> =
+            pairs.iter().filter(|(_, _, a)| !a.replica).collect();
+        let n = primaries.len().max(1) as f64;
+        let total = |cmd: &str| -> f64 {
+            primaries.iter().map(|(_, b, a)| delta(b, a, cmd) as f64).sum()
+        };
+        let (xadds, scripts) = (total("xadd"), total("evalsha"));
+        for (url, b, a) in &pairs {
+            let cpu = (a.cpu_secs - b.cpu_secs) / secs * 100.0;
+            let line = if a.replica {
+                format!("replica, cpu {cpu:.1}% of a core")
             } else {
-                0.0
-            };
-            s = s.text(
-                &format!("node {url}"),
+                let share = |mine: u64, all: f64| {
+                    if all > 0.0 {
+                        mine as f64 / (all / n) * 100.0
+                    } else {
+                        0.0
+                    }
+                };
                 format!(
-                    "cpu {:.1}% of a core, {n} script calls ({:.0}% of an even share)",
-                    (a.cpu_secs - b.cpu_secs) / secs * 100.0,
-                    share * 100.0
-                ),
-            );
+                    "primary, cpu {cpu:.1}% of a core, stream appends {:.0}% and scripts {:.0}% of an even share",
+                    share(delta(b, a, "xadd"), xadds),
+                    share(delta(b, a, "evalsha"), scripts)
+                )
+            };
+            s = s.text(&format!("node {url}"), line);
         }
     }
     for (name, calls, usec) in top {
