@@ -2,6 +2,7 @@
 #   make up     run Redis, the gateway (serving the web client at /) and every worker role
 #   make test   formatting, lints and every test (Rust, web unit tests, browser end to end)
 # Replicas: make up GATEWAYS=2 PERSISTENCE=3 CLEANUP=1 COMPLETION=2
+# Redis Cluster on this machine: make up REDIS_NODES=3 (3 primaries, one replica each)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -10,6 +11,7 @@ GATEWAYS ?= 1
 PERSISTENCE ?= 1
 CLEANUP ?= 1
 COMPLETION ?= 1
+REDIS_NODES ?= 0
 WEB := gateway/web
 WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html $(WEB)/package.json $(WEB)/vite.config.ts
 CARGO ?= cargo
@@ -63,7 +65,7 @@ build-release: check-rust
 
 # ---------------------------------------------------------------- run
 up: deps-run deps-node web build-release
-	target/release/confab-run --gateways $(GATEWAYS) --persistence $(PERSISTENCE) --cleanup $(CLEANUP) --completion $(COMPLETION)
+	target/release/confab-run --gateways $(GATEWAYS) --persistence $(PERSISTENCE) --cleanup $(CLEANUP) --completion $(COMPLETION) --redis-nodes $(REDIS_NODES)
 
 # ---------------------------------------------------------------- test
 fmt:

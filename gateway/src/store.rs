@@ -109,7 +109,15 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
             .arg(keys::conv_meta(&id))
-            .arg(&["kind", "title", "assistant", "eseq", "created", "last", "ttl"])
+            .arg(&[
+                "kind",
+                "title",
+                "assistant",
+                "eseq",
+                "created",
+                "last",
+                "ttl",
+            ])
             .cmd("SMEMBERS")
             .arg(keys::conv_members(&id))
             .cmd("TIME");
@@ -127,7 +135,10 @@ impl Store {
         } else {
             let msgs = values.pop().unwrap_or(Value::Nil);
             let order = values.pop().unwrap_or(Value::Nil);
-            Some((redis::from_redis_value(order)?, redis::from_redis_value(msgs)?))
+            Some((
+                redis::from_redis_value(order)?,
+                redis::from_redis_value(msgs)?,
+            ))
         };
         let mut head = values.into_iter();
         let meta: Vec<Option<String>> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
@@ -154,15 +165,17 @@ impl Store {
         }
         let (order, mut stored) = match body {
             Some(b) => b,
-            None => redis::pipe()
-                .cmd("ZRANGE")
-                .arg(keys::conv_order(&id))
-                .arg(0)
-                .arg(-1)
-                .cmd("HGETALL")
-                .arg(keys::conv_msgs(&id))
-                .query_async(&mut conn)
-                .await?,
+            None => {
+                redis::pipe()
+                    .cmd("ZRANGE")
+                    .arg(keys::conv_order(&id))
+                    .arg(0)
+                    .arg(-1)
+                    .cmd("HGETALL")
+                    .arg(keys::conv_msgs(&id))
+                    .query_async(&mut conn)
+                    .await?
+            }
         };
         // In send order; one deleted between the two reads is simply not there.
         let messages: Vec<String> = order.iter().filter_map(|mid| stored.remove(mid)).collect();

@@ -389,9 +389,21 @@ pub async fn redis_section(
                     .sum()
             };
             s = s
-                .num("primaries: cpu per send", cpu_of(false) * 1e6 / sends as f64, "us")
-                .num("primaries: commands per send", calls_of(false) / sends as f64, "")
-                .num("replicas: cpu per send", cpu_of(true) * 1e6 / sends as f64, "us");
+                .num(
+                    "primaries: cpu per send",
+                    cpu_of(false) * 1e6 / sends as f64,
+                    "us",
+                )
+                .num(
+                    "primaries: commands per send",
+                    calls_of(false) / sends as f64,
+                    "",
+                )
+                .num(
+                    "replicas: cpu per send",
+                    cpu_of(true) * 1e6 / sends as f64,
+                    "us",
+                );
         }
     }
     if pairs.len() > 1 {
@@ -405,7 +417,10 @@ pub async fn redis_section(
             pairs.iter().filter(|(_, _, a)| !a.replica).collect();
         let n = primaries.len().max(1) as f64;
         let total = |cmd: &str| -> f64 {
-            primaries.iter().map(|(_, b, a)| delta(b, a, cmd) as f64).sum()
+            primaries
+                .iter()
+                .map(|(_, b, a)| delta(b, a, cmd) as f64)
+                .sum()
         };
         let (xadds, scripts) = (total("xadd"), total("evalsha"));
         for (url, b, a) in &pairs {

@@ -59,10 +59,13 @@ impl Plan {
         let external_redis = text("REDIS_URL");
         let local_redis = match external_redis {
             Some(_) => None,
-            None => Some(LocalRedis::locate(
-                lookup("PATH").as_deref(),
-                &args.run_dir,
-            )?),
+            None => {
+                let redis = LocalRedis::locate(lookup("PATH").as_deref(), &args.run_dir)?;
+                Some(match args.redis_nodes {
+                    0 => redis,
+                    n => redis.as_cluster(n as u16, &args.run_dir),
+                })
+            }
         };
         let assistant = Assistant::from_lookup(text)?;
         let raw_addr = text("GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_GATEWAY_ADDR.to_string());
@@ -74,7 +77,7 @@ impl Plan {
 
         let mut common: Vec<(String, String)> = Vec::new();
         if let Some(redis) = &local_redis {
-            common.push(("REDIS_URL".into(), redis.url()));
+            common.extend(redis.child_env());
         }
         common.extend(assistant.child_env());
 
@@ -180,7 +183,9 @@ impl Plan {
     /// Refuses to start when a port the plan needs is already taken, with advice.
     pub async fn preflight(&self) -> anyhow::Result<()> {
         if let Some(redis) = &self.local_redis {
-            redis::ensure_port_free(redis.port).await?;
+            for port in redis.ports() {
+                redis::ensure_port_free(port).await?;
+            }
         }
         if let Assistant::Demo(demo) = &self.assistant {
             if net::accepts(demo.addr, Duration::from_secs(1)).await {
@@ -209,13 +214,28 @@ impl Plan {
         let out = sup.output();
         match (&self.local_redis, &self.external_redis) {
             (Some(redis), _) => {
+                let what = match redis.cluster {
+                    None => format!("redis-server on 127.0.0.1:{}", redis.port),
+                    Some(n) => format!(
+                        "a Redis Cluster of {n} primaries with one replica each on 127.0.0.1:{}-{}",
+                        redis.port,
+                        redis.port + 2 * n - 1
+                    ),
+                };
                 out.runner(&format!(
-                    "starting redis-server on 127.0.0.1:{} (data in {})",
-                    redis.port,
+                    "starting {what} (data in {})",
                     redis.dir.display()
                 ));
                 redis.start(sup).await?;
-                out.runner(&format!("redis is ready: REDIS_URL={}", redis.url()));
+                let cluster = if redis.cluster.is_some() {
+                    " REDIS_CLUSTER=true"
+                } else {
+                    ""
+                };
+                out.runner(&format!(
+                    "redis is ready: REDIS_URL={}{cluster}",
+                    redis.url()
+                ));
             }
             (None, Some(url)) => out.runner(&format!(
                 "using the Redis at REDIS_URL={} (not starting one)",

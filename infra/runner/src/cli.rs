@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! confab-run [--gateways N] [--persistence N] [--cleanup N] [--completion N]
-//!            [--bin-dir DIR] [--run-dir DIR]
+//!            [--redis-nodes N] [--bin-dir DIR] [--run-dir DIR]
 //! ```
 //!
 //! Both `--opt VALUE` and `--opt=VALUE` are accepted; a repeated option keeps its last value.
@@ -18,7 +18,7 @@ pub const MAX_REPLICAS: u32 = 64;
 /// The usage text printed by `--help` and after a command-line error.
 pub const USAGE: &str = "\
 usage: confab-run [--gateways N] [--persistence N] [--cleanup N] [--completion N]
-                  [--bin-dir DIR] [--run-dir DIR]
+                  [--redis-nodes N] [--bin-dir DIR] [--run-dir DIR]
 
 Runs Confab in the foreground: Redis (unless REDIS_URL is set), the local demo model
 (unless OPENAI_API_KEY is set), the workers and the gateways. Ctrl-C stops everything.
@@ -28,6 +28,8 @@ options:
   --persistence N   `workers persistence` replicas (0-64, default 1)
   --cleanup N       `workers cleanup` replicas (0-64, default 1)
   --completion N    `workers completion` replicas (0-64, default 1)
+  --redis-nodes N   run a local Redis Cluster of N primaries (3-8), each with one replica,
+                    on ports 7000 and up, instead of one Redis (0, the default)
   --bin-dir DIR     where gateway, workers and mock-openai are
                     (default: the directory of confab-run itself)
   --run-dir DIR     state directory; Redis keeps its AOF in DIR/redis (default: .run)
@@ -40,6 +42,8 @@ pub struct Args {
     pub persistence: u32,
     pub cleanup: u32,
     pub completion: u32,
+    /// Primaries of a local Redis Cluster (0: one standalone Redis).
+    pub redis_nodes: u32,
     /// `None`: the directory of the running executable.
     pub bin_dir: Option<PathBuf>,
     pub run_dir: PathBuf,
@@ -52,6 +56,7 @@ impl Default for Args {
             persistence: 1,
             cleanup: 1,
             completion: 1,
+            redis_nodes: 0,
             bin_dir: None,
             run_dir: PathBuf::from(".run"),
         }
@@ -115,6 +120,7 @@ where
             "--persistence" => parsed.persistence = count(name, &value, 0)?,
             "--cleanup" => parsed.cleanup = count(name, &value, 0)?,
             "--completion" => parsed.completion = count(name, &value, 0)?,
+            "--redis-nodes" => parsed.redis_nodes = primaries(name, &value)?,
             "--bin-dir" => parsed.bin_dir = Some(dir(name, value)?),
             "--run-dir" => parsed.run_dir = dir(name, value)?,
             _ => return Err(CliError(format!("unknown option {name:?} (see --help)"))),
@@ -123,11 +129,12 @@ where
     Ok(Command::Run(parsed))
 }
 
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "--gateways",
     "--persistence",
     "--cleanup",
     "--completion",
+    "--redis-nodes",
     "--bin-dir",
     "--run-dir",
 ];
@@ -148,6 +155,17 @@ fn count(name: &str, value: &OsStr, min: u32) -> Result<u32, CliError> {
         return Err(bad());
     }
     Ok(n)
+}
+
+/// 0 (standalone) or 3..=8 cluster primaries.
+fn primaries(name: &str, value: &OsStr) -> Result<u32, CliError> {
+    let text = value.to_string_lossy();
+    match text.trim().parse::<u32>() {
+        Ok(n) if n == 0 || (3..=8).contains(&n) => Ok(n),
+        _ => Err(CliError(format!(
+            "{name} expects 0 (one Redis) or 3 to 8 cluster primaries, got {text:?}"
+        ))),
+    }
 }
 
 fn dir(name: &str, value: OsString) -> Result<PathBuf, CliError> {
@@ -204,10 +222,21 @@ mod tests {
                 persistence: 2,
                 cleanup: 0,
                 completion: 4,
+                redis_nodes: 0,
                 bin_dir: Some(PathBuf::from("/opt/confab/bin")),
                 run_dir: PathBuf::from("/tmp/state"),
             })
         );
+    }
+
+    #[test]
+    fn redis_nodes_is_zero_or_three_to_eight() {
+        assert_eq!(run(&["--redis-nodes", "3"]).map(|a| a.redis_nodes), Ok(3));
+        assert_eq!(run(&["--redis-nodes=0"]).map(|a| a.redis_nodes), Ok(0));
+        for bad in ["1", "2", "9", "many"] {
+            let err = run(&["--redis-nodes", bad]).err().unwrap_or_default();
+            assert!(err.contains("--redis-nodes"), "{bad}: {err}");
+        }
     }
 
     #[test]

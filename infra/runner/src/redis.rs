@@ -3,7 +3,12 @@
 //!
 //! Redis runs with `--appendonly yes --save ""`: data survives restarts through the AOF in
 //! `<run-dir>/redis` (SIGTERM makes it fsync before exiting). Readiness is checked with a raw
-//! RESP `PING` over TCP, so `redis-cli` is not needed.
+//! RESP `PING` over TCP.
+//!
+//! With `--redis-nodes N` it is a local Redis Cluster instead: N primaries and N replicas
+//! on ports 7000 and up (bus ports +10000), each with its AOF and `nodes.conf` in
+//! `<run-dir>/cluster/<port>`. The first start creates the cluster with
+//! `redis-cli --cluster create --cluster-replicas 1`; later starts find it formed.
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,6 +29,9 @@ pub const DEFAULT_PORT: u16 = 6380;
 pub const NOT_INSTALLED: &str = "redis-server is not installed: run `sudo apt-get install \
 redis-server` (Debian/Ubuntu) or set REDIS_URL";
 
+/// The first port of a local cluster.
+pub const CLUSTER_BASE_PORT: u16 = 7000;
+
 /// How to run the local Redis.
 #[derive(Clone, Debug)]
 pub struct LocalRedis {
@@ -34,6 +42,8 @@ pub struct LocalRedis {
     pub dir: PathBuf,
     /// How long Redis may take to answer PING (it answers `-LOADING` while reading a big AOF).
     pub ready_timeout: Duration,
+    /// A cluster of this many primaries (each with a replica) instead of one server.
+    pub cluster: Option<u16>,
 }
 
 impl LocalRedis {
@@ -46,22 +56,66 @@ impl LocalRedis {
             port: DEFAULT_PORT,
             dir: run_dir.join("redis"),
             ready_timeout: Duration::from_secs(60),
+            cluster: None,
         })
+    }
+
+    /// The same, as a cluster of `primaries` primaries with one replica each.
+    pub fn as_cluster(mut self, primaries: u16, run_dir: &Path) -> Self {
+        self.cluster = Some(primaries);
+        self.port = CLUSTER_BASE_PORT;
+        self.dir = run_dir.join("cluster");
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
-    /// The `REDIS_URL` children get.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// Every port it listens on: one, or two per cluster primary.
+    pub fn ports(&self) -> Vec<u16> {
+        match self.cluster {
+            None => vec![self.port],
+            Some(n) => (0..2 * n).map(|i| self.port + i).collect(),
+        }
     }
 
-    /// The `redis` child: stopped last, and fatal if it dies.
+    /// The `REDIS_URL` children get (every node, comma-separated, for a cluster).
+    pub fn url(&self) -> String {
+        self.ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What children need besides `REDIS_URL`.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("REDIS_URL".to_string(), self.url())];
+        if self.cluster.is_some() {
+            env.push(("REDIS_CLUSTER".into(), "true".into()));
+        }
+        env
+    }
+
+    /// The `redis` child (`redis-<port>` in a cluster): stopped last, and fatal if it dies.
     pub fn spec(&self) -> ChildSpec {
-        ChildSpec::new("redis", &self.server)
-            .arg("--port")
+        let name = match self.cluster {
+            None => "redis".to_string(),
+            Some(_) => format!("redis-{}", self.port),
+        };
+        let spec = ChildSpec::new(name, &self.server);
+        let spec = match self.cluster {
+            None => spec,
+            Some(_) => spec
+                .arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg("nodes.conf")
+                .arg("--cluster-node-timeout")
+                .arg("2000"),
+        };
+        spec.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
             .arg("127.0.0.1")
@@ -77,9 +131,95 @@ impl LocalRedis {
             .on_exit(OnExit::Fatal)
     }
 
-    /// Creates the data directory, checks the port is free, starts Redis under `sup` and
-    /// waits until it answers PING.
-    pub async fn start(&self, sup: &Supervisor) -> anyhow::Result<ChildHandle> {
+    /// Starts Redis (or the cluster) under `sup` and waits until it serves; one handle per
+    /// process.
+    pub async fn start(&self, sup: &Supervisor) -> anyhow::Result<Vec<ChildHandle>> {
+        match self.cluster {
+            None => Ok(vec![self.start_one(sup).await?]),
+            Some(n) => self.start_cluster(sup, n).await,
+        }
+    }
+
+    /// Every node, then (first start only) `redis-cli --cluster create`, then waits until
+    /// every node says `cluster_state:ok`.
+    async fn start_cluster(
+        &self,
+        sup: &Supervisor,
+        primaries: u16,
+    ) -> anyhow::Result<Vec<ChildHandle>> {
+        let mut handles = Vec::new();
+        for port in self.ports() {
+            let node = Self {
+                port,
+                dir: self.dir.join(port.to_string()),
+                cluster: Some(primaries),
+                ..self.clone()
+            };
+            handles.push(node.start_one(sup).await?);
+        }
+        let first = self.addr();
+        let formed = match command(first, &["CLUSTER", "INFO"]).await? {
+            Reply::Bulk(Some(info)) => {
+                !String::from_utf8_lossy(&info).contains("cluster_known_nodes:1\r")
+            }
+            other => bail!("CLUSTER INFO answered {other:?}"),
+        };
+        if !formed {
+            let cli = self.server.with_file_name("redis-cli");
+            let cli = if cli.is_file() {
+                cli
+            } else {
+                PathBuf::from("redis-cli")
+            };
+            let addrs: Vec<String> = self
+                .ports()
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            let out = tokio::process::Command::new(&cli)
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", "1", "--cluster-yes"])
+                .output()
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot run {} (Debian: apt-get install redis-tools)",
+                        cli.display()
+                    )
+                })?;
+            if !out.status.success() {
+                bail!(
+                    "redis-cli --cluster create failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let deadline = Instant::now() + self.ready_timeout;
+        for port in self.ports() {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            loop {
+                let ok = matches!(
+                    command(addr, &["CLUSTER", "INFO"]).await,
+                    Ok(Reply::Bulk(Some(info))) if String::from_utf8_lossy(&info).contains("cluster_state:ok")
+                );
+                if ok {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("the cluster node on port {port} did not reach cluster_state:ok");
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(handles)
+    }
+
+    /// Creates the data directory, checks the port is free, starts one Redis under `sup`
+    /// and waits until it answers PING.
+    async fn start_one(&self, sup: &Supervisor) -> anyhow::Result<ChildHandle> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let redis = Self {
@@ -254,6 +394,7 @@ mod tests {
             port: 6380,
             dir: "/tmp/x/redis".into(),
             ready_timeout: Duration::from_secs(1),
+            cluster: None,
         };
         let spec = r.spec();
         let args: Vec<String> = spec

@@ -28,7 +28,7 @@ async fn redis_starts_ready_and_stops_cleanly_with_its_aof() -> anyhow::Result<(
 
     let (output, captured) = Output::capture(["redis"]);
     let sup = Supervisor::new(output, SupervisorOptions::default());
-    let handle = redis.start(&sup).await?;
+    let handle = redis.start(&sup).await?.remove(0);
     let pid = handle.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     assert!(alive(pid));
 
@@ -93,7 +93,7 @@ async fn redis_dying_is_fatal() -> anyhow::Result<()> {
     let redis = local_redis(&run_dir.0)?;
     let (output, _captured) = Output::capture(["redis"]);
     let sup = Supervisor::new(output, SupervisorOptions::default());
-    let handle = redis.start(&sup).await?;
+    let handle = redis.start(&sup).await?.remove(0);
     let pid = handle.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     let status = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -152,4 +152,59 @@ async fn wait_ready_gives_up_when_nothing_answers() -> anyhow::Result<()> {
         .unwrap_or_default();
     assert!(err.contains("did not answer PING"), "{err}");
     Ok(())
+}
+
+/// `--redis-nodes 3`: six nodes under the supervisor, formed into a cluster on the first
+/// start, found formed on the next, all stopped by the shutdown.
+#[tokio::test]
+async fn a_local_cluster_forms_serves_and_stops() -> anyhow::Result<()> {
+    let run_dir = TempDir::new("redis-cluster")?;
+    let mut redis = local_redis(&run_dir.0)?.as_cluster(3, &run_dir.0);
+    redis.port = cluster_base_port()?;
+    assert_eq!(redis.ports().len(), 6);
+    assert!(redis.url().split(',').count() == 6);
+    assert!(redis
+        .child_env()
+        .contains(&("REDIS_CLUSTER".to_string(), "true".to_string())));
+    for round in 0..2 {
+        let names: Vec<String> = redis.ports().iter().map(|p| format!("redis-{p}")).collect();
+        let (output, _captured) = Output::capture(names.iter().map(String::as_str));
+        let sup = Supervisor::new(output, SupervisorOptions::default());
+        let handles = redis.start(&sup).await?;
+        assert_eq!(handles.len(), 6, "round {round}");
+        for port in redis.ports() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let Reply::Bulk(Some(info)) = redis::command(addr, &["CLUSTER", "INFO"]).await? else {
+                anyhow::bail!("no CLUSTER INFO from {port}");
+            };
+            let info = String::from_utf8_lossy(&info).into_owned();
+            assert!(
+                info.contains("cluster_state:ok"),
+                "round {round}, {port}: {info}"
+            );
+            assert!(info.contains("cluster_known_nodes:6"), "{info}");
+        }
+        let pids: Vec<u32> = handles.iter().filter_map(|h| h.pid()).collect();
+        sup.shutdown().await;
+        assert!(pids.iter().all(|p| !alive(*p)), "a node is still running");
+    }
+    Ok(())
+}
+
+/// Six consecutive free ports whose bus ports (+10000) are free too.
+fn cluster_base_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let base = free_port()?;
+        if !(1024..=55000).contains(&base) {
+            continue;
+        }
+        let all_free = (0..6).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + i + 10000)).is_ok()
+        });
+        if all_free {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no free range of ports for a cluster")
 }
