@@ -4,13 +4,18 @@
 
 use std::time::Duration;
 
-use confab_e2e::{Stack, Ws};
+use confab_e2e::{in_both_modes, Mode, Stack, Ws};
 use mock_openai::{MockConfig, MockServer};
 use serde_json::Value;
 
+in_both_modes!(
+    the_answer_streams_to_two_members_on_two_gateways,
+    a_completion_worker_killed_mid_answer_is_taken_over_cleanly,
+);
+
 const LONG: Duration = Duration::from_secs(30);
 
-async fn stack_with_assistant(completion_workers: usize) -> (Stack, MockServer) {
+async fn stack_with_assistant(mode: Mode, completion_workers: usize) -> (Stack, MockServer) {
     let mock = MockServer::start(MockConfig {
         tokens_per_sec: 50,
         ..MockConfig::fast()
@@ -23,7 +28,7 @@ async fn stack_with_assistant(completion_workers: usize) -> (Stack, MockServer) 
         ("OPENAI_API_KEY", "e2e-key"),
         ("CLAIM_IDLE_MS", "1500"),
     ];
-    let mut stack = Stack::with(2, 1, 0, &env).await;
+    let mut stack = Stack::in_mode(mode, 2, 1, 0, &env).await;
     for _ in 0..completion_workers {
         stack.add_worker("completion", &env).await;
     }
@@ -58,9 +63,8 @@ fn text_of(frames: &[Value], rid: &Value) -> String {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_answer_streams_to_two_members_on_two_gateways() {
-    let (stack, _mock) = stack_with_assistant(1).await;
+async fn the_answer_streams_to_two_members_on_two_gateways(mode: Mode) {
+    let (stack, _mock) = stack_with_assistant(mode, 1).await;
     let alice = stack.gateways[0].http().user("alice").await;
     let bob = stack.gateways[1].http().user("bob").await;
     let chat = alice.create_chat("assistant", &["bob"], true).await;
@@ -105,9 +109,8 @@ async fn the_answer_streams_to_two_members_on_two_gateways() {
     assert_eq!(reply["messageId"], done_a["messageId"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completion_worker_killed_mid_answer_is_taken_over_cleanly() {
-    let (mut stack, _mock) = stack_with_assistant(2).await;
+async fn a_completion_worker_killed_mid_answer_is_taken_over_cleanly(mode: Mode) {
+    let (mut stack, _mock) = stack_with_assistant(mode, 2).await;
     let http = stack.http();
     let (status, body) = http
         .post(

@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use confab_e2e::*;
 
+in_both_modes!(
+    member_chats_create_list_and_invite,
+    every_subscriber_on_two_gateways_gets_every_message_once_in_order,
+    resume_on_the_other_gateway_after_its_gateway_is_killed,
+);
+
 const TS: &str = "2025-04-05T14:00:00Z";
 const QUIET: Duration = Duration::from_millis(500);
 
@@ -189,9 +195,8 @@ async fn sign_in_is_rate_limited_after_repeated_failures() {
 
 // ---------------------------------------------------------------- member chats
 
-#[tokio::test]
-async fn member_chats_create_list_and_invite() {
-    let stack = Stack::start(&[]).await;
+async fn member_chats_create_list_and_invite(mode: Mode) {
+    let stack = Stack::in_mode(mode, 1, 1, 0, &[]).await;
     let http = stack.http();
     let alice = http.user("alice").await;
     let bob = http.user("bob").await;
@@ -486,9 +491,8 @@ async fn member_chats_are_invisible_to_outsiders() {
 
 // ---------------------------------------------------------------- fan-out and resume
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_subscriber_on_two_gateways_gets_every_message_once_in_order() {
-    let stack = Stack::with(2, 1, 0, &[]).await;
+async fn every_subscriber_on_two_gateways_gets_every_message_once_in_order(mode: Mode) {
+    let stack = Stack::in_mode(mode, 2, 1, 0, &[]).await;
     let gws = [stack.gateways[0].http(), stack.gateways[1].http()];
     let conv = gws[0].create_conversation().await;
     let mut clients = Vec::new();
@@ -604,9 +608,8 @@ async fn resume_with_since_after_a_dropped_connection() {
     other.expect_silence(QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_on_the_other_gateway_after_its_gateway_is_killed() {
-    let mut stack = Stack::with(2, 1, 0, &[]).await;
+async fn resume_on_the_other_gateway_after_its_gateway_is_killed(mode: Mode) {
+    let mut stack = Stack::in_mode(mode, 2, 1, 0, &[]).await;
     let via_b = stack.gateways[1].http();
     let conv = via_b.create_conversation().await;
 

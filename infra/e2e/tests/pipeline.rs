@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use confab_e2e::*;
 
+in_both_modes!(a_worker_killed_mid_load_loses_and_duplicates_nothing,);
+
 /// How long a test waits for load to make progress (a slow machine is not a failure).
 const PROGRESS: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -115,10 +117,9 @@ async fn conversations_of_each(stack: &Stack, http: &Http, n: usize) -> Vec<Stri
 /// One sender's record: content → (status, messageId if 201).
 type Outcomes = Vec<(String, u16, Option<String>)>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_load_loses_and_duplicates_nothing() {
+async fn a_worker_killed_mid_load_loses_and_duplicates_nothing(mode: Mode) {
     let env = [("CLAIM_IDLE_MS", "1000"), ("REQUEST_TIMEOUT_MS", "30000")];
-    let mut stack = Stack::with(2, 2, 0, &env).await;
+    let mut stack = Stack::in_mode(mode, 2, 2, 0, &env).await;
     let gws = [stack.gateways[0].http(), stack.gateways[1].http()];
     // Two conversations in partitions of each worker, so the victim certainly dies with work.
     let convs = conversations_of_each(&stack, &gws[0], 2).await;

@@ -7,6 +7,8 @@
 use confab_e2e::*;
 use reqwest::Method;
 
+in_both_modes!(seed_endpoints_answer_field_for_field,);
+
 const TS1: &str = "2025-04-05T14:00:00Z";
 const TS2: &str = "2025-04-05T14:00:00.5+02:00";
 
@@ -33,9 +35,8 @@ async fn assert_healthy(stack: &mut Stack) {
     }
 }
 
-#[tokio::test]
-async fn seed_endpoints_answer_field_for_field() {
-    let mut stack = Stack::start(&[]).await;
+async fn seed_endpoints_answer_field_for_field(mode: Mode) {
+    let mut stack = Stack::in_mode(mode, 1, 1, 0, &[]).await;
     let http = stack.http();
 
     // Create, exactly as the seed's curl does it: no body at all.
