@@ -86,6 +86,9 @@ pub async fn run(
     // Whichever process starts first creates the completion groups, from the start of the
     // streams (persistence needs none: partition owners read from their committed offset).
     let parts = cfg.partitions();
+    confab_shared::layout::ensure(&mut conn, &parts)
+        .await
+        .context("checking STREAM_PARTITIONS against the deployment")?;
     for pk in PartitionKeys::all(&parts) {
         streams::ensure_group(&mut conn, &pk.jobs, keys::COMPLETION_GROUP)
             .await

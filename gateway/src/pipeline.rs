@@ -9,7 +9,7 @@
 //! are refused with 503, so every stream stays bounded (workers trim what they committed).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,7 @@ pub struct Pipeline {
     gateway_id: Arc<str>,
     parts: Arc<Partitions>,
     streams: Arc<Vec<String>>,
+    placement: Arc<Placement>,
     waiters: Waiters,
     /// Per partition: its backlog is at its cap.
     overloaded: Arc<Vec<AtomicBool>>,
@@ -66,6 +67,7 @@ impl Pipeline {
         Self {
             conn,
             gateway_id: gateway_id.into(),
+            placement: Arc::new(Placement::new(parts.clone())),
             parts: Arc::new(parts),
             streams: Arc::new(streams),
             waiters: Arc::default(),
@@ -73,6 +75,11 @@ impl Pipeline {
             timeout,
             max_backlog: share,
         }
+    }
+
+    /// A fresh conversation id for the next partition in turn ([`Placement`]).
+    pub fn new_conversation_id(&self) -> Uuid {
+        self.placement.next_id()
     }
 
     /// Hands replies from the bus to whoever waits for them (nobody, after a timeout). A
@@ -213,6 +220,36 @@ impl Pipeline {
     }
 }
 
+/// Where new conversations go: round the partitions, so each partition (and each cluster
+/// primary) gets its share of them rather than what random ids happen to give. An id is
+/// still a random v4 UUID: about P are drawn until one hashes to the partition wanted
+/// (4 of its 122 random bits fixed for P = 16).
+pub struct Placement {
+    parts: Partitions,
+    next: AtomicU32,
+}
+
+impl Placement {
+    pub fn new(parts: Partitions) -> Self {
+        // Gateways start at different partitions, so a fleet's first chats spread too.
+        let start = (Uuid::new_v4().as_u128() % u128::from(parts.count().max(1))) as u32;
+        Self {
+            parts,
+            next: AtomicU32::new(start),
+        }
+    }
+
+    pub fn next_id(&self) -> Uuid {
+        let wanted = self.next.fetch_add(1, Ordering::Relaxed) % self.parts.count();
+        loop {
+            let id = Uuid::new_v4();
+            if self.parts.of_conversation(&id) == wanted {
+                return id;
+            }
+        }
+    }
+}
+
 /// A command in the stream whose reply has not arrived yet. Dropping it forgets the waiter.
 pub struct PendingReply {
     waiters: Waiters,
@@ -240,5 +277,23 @@ impl Drop for PendingReply {
         if let Ok(mut w) = self.waiters.lock() {
             w.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_conversations_go_round_the_partitions() {
+        let parts = Partitions::new(16);
+        let placement = Placement::new(parts.clone());
+        let mut counts = [0u32; 16];
+        for _ in 0..160 {
+            let id = placement.next_id();
+            assert_eq!(id.get_version_num(), 4);
+            counts[parts.of_conversation(&id) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c == 10), "{counts:?}");
     }
 }

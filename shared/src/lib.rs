@@ -11,6 +11,7 @@
 //! - [`partition`]: which partition a conversation's commands go to, and partition hash tags
 //!   that spread evenly over a Redis Cluster's primaries.
 //! - [`keys`]: every Redis key, stream and channel name.
+//! - [`layout`]: the `STREAM_PARTITIONS` a deployment runs, and changing it safely.
 //! - [`db`]: connections to standalone Redis or a Redis Cluster, Pub/Sub flavour, multi-slot work.
 //! - [`streams`]: the consumer-group runner (read, reclaim, dead-letter, ack, trim).
 //! - [`scripting`], [`telemetry`], [`shutdown`]: Lua scripts by SHA, tracing, signals.
@@ -30,6 +31,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod keys;
+pub mod layout;
 pub mod partition;
 pub mod scripting;
 pub mod shutdown;

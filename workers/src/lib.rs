@@ -83,6 +83,32 @@ pub fn group_config(
     }
 }
 
+/// `workers drained`: whether nothing is queued in the deployment's command and job streams
+/// (the check before changing `STREAM_PARTITIONS`). Prints what is still queued.
+pub async fn drained(cfg: Config) -> anyhow::Result<bool> {
+    let redis = Redis::from_config(&cfg);
+    let mut conn = redis.connect(Duration::from_secs(5)).await?;
+    let recorded: Option<u32> = redis::cmd("HGET")
+        .arg(confab_shared::layout::LAYOUT_KEY)
+        .arg("partitions")
+        .query_async(&mut conn)
+        .await?;
+    let parts =
+        confab_shared::partition::Partitions::new(recorded.unwrap_or(cfg.stream_partitions));
+    let backlog = confab_shared::layout::backlog(&mut conn, &parts).await?;
+    println!("layout: {} partitions", parts.count());
+    for (p, n) in &backlog.commands {
+        println!("partition {p}: {n} commands queued");
+    }
+    for (p, n) in &backlog.jobs {
+        println!("partition {p}: {n} completion jobs unfinished");
+    }
+    if backlog.is_empty() {
+        println!("drained: nothing queued");
+    }
+    Ok(backlog.is_empty())
+}
+
 /// Runs one role until `cancel` fires.
 pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -93,6 +119,7 @@ pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::
     else {
         return Ok(());
     };
+    confab_shared::layout::ensure(&mut conn.clone(), &cfg.partitions()).await?;
     match role {
         Role::Persistence => {
             let name = consumer_name(&cfg, role);

@@ -47,7 +47,7 @@ pub async fn create(state: AppState, session: Option<Session>, body: Body) -> Ap
             ))
         }
     };
-    let conversation_id = Uuid::new_v4();
+    let conversation_id = state.pipeline.new_conversation_id();
     let command = match session {
         None => Command::CreateConversation {
             conversation_id,

@@ -408,6 +408,14 @@ impl Redis {
         PartitionKeys::all(&Partitions::new(partition_count()))
     }
 
+    /// The partition layout the deployment recorded (`confab:layout`), else the default.
+    pub async fn recorded_partitions(&self) -> Vec<PartitionKeys> {
+        let recorded: Option<u32> = self
+            .q(&["HGET", confab_shared::layout::LAYOUT_KEY, "partitions"])
+            .await;
+        PartitionKeys::all(&Partitions::new(recorded.unwrap_or_else(partition_count)))
+    }
+
     /// The keys of the partition conversation `id`'s commands go to.
     pub fn partition_of(&self, conversation: &str) -> PartitionKeys {
         let parts = Partitions::new(partition_count());
@@ -479,7 +487,7 @@ impl Redis {
     pub async fn partition_owners(&self) -> Vec<Option<String>> {
         let mut out = Vec::new();
         let now = now_ms();
-        for pk in self.partitions() {
+        for pk in self.recorded_partitions().await {
             let (owner, until): (Option<String>, Option<u64>) = self
                 .run(redis::cmd("HMGET").arg(&pk.lease).arg("owner").arg("until"))
                 .await;
