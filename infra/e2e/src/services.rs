@@ -22,7 +22,10 @@ fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
 fn base_env(redis: &Redis) -> Vec<(String, String)> {
     let mut env = redis.env();
     env.extend([
-        ("RUST_LOG".into(), "info".into()),
+        (
+            "RUST_LOG".into(),
+            std::env::var("CONFAB_E2E_LOG").unwrap_or_else(|_| "info".into()),
+        ),
         ("NO_COLOR".into(), "1".into()),
     ]);
     if let Ok(p) = std::env::var("CONFAB_E2E_PARTITIONS") {

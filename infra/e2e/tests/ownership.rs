@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_e2e::*;
+use tokio::sync::Semaphore;
 
 const CLAIM_IDLE_MS: &str = "1500";
 
@@ -100,17 +101,21 @@ impl Seen {
 }
 
 /// A client that pipelines `bursts` bursts of `per` sends (each burst without waiting for an
-/// ack), then returns its socket, still subscribed, with what it saw.
+/// ack), then returns its socket, still subscribed, with what it saw. With a `gate`, each
+/// burst first takes a permit from it.
 async fn pipelined_client(
     mut ws: Ws,
     conv: String,
     name: String,
-    bursts: usize,
-    per: usize,
+    (bursts, per): (usize, usize),
     answered: Arc<AtomicUsize>,
+    gate: Option<Arc<Semaphore>>,
 ) -> (Ws, Seen) {
     let mut seen = Seen::default();
     for b in 0..bursts {
+        if let Some(gate) = &gate {
+            gate.acquire().await.expect("the gate stays open").forget();
+        }
         for i in 0..per {
             let n = b * per + i;
             let frame = send_frame(
@@ -166,9 +171,9 @@ async fn order_holds_for_pipelined_senders_while_replicas_are_killed(mode: Mode)
                 ws,
                 conv.clone(),
                 name.clone(),
-                bursts,
-                per,
+                (bursts, per),
                 answered.clone(),
+                None,
             )));
             convs.push((conv.clone(), name));
         }
@@ -272,13 +277,16 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_order_holds() {
     let mut ws = Ws::connect(&stack.gw().ws_url(), None).await;
     ws.subscribe(&conv, Some(0)).await;
     let answered = Arc::new(AtomicUsize::new(0));
+    // Three bursts before the freeze, the other five once the survivor has taken over: the
+    // client cannot be done before the takeover, however fast or slow the machine is.
+    let gate = Arc::new(Semaphore::new(3));
     let sender = tokio::spawn(pipelined_client(
         ws,
         conv.clone(),
         "p".into(),
-        8,
-        25,
+        (8, 25),
         answered.clone(),
+        Some(gate.clone()),
     ));
     eventually_true("some sends answered", Duration::from_secs(60), async || {
         answered.load(Ordering::Relaxed) >= 50
@@ -298,6 +306,8 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_order_holds() {
     .await;
     println!("taken over {:?} after the freeze", frozen.elapsed());
     let at = answered.load(Ordering::Relaxed);
+    assert!(at <= 75, "{at} answered with three bursts allowed");
+    gate.add_permits(5);
     eventually_true(
         "sends go on meanwhile",
         Duration::from_secs(60),
