@@ -8,7 +8,8 @@
 #
 # rest:    64 REST clients, a GET every 20 sends (each GET reads the whole chat, up to 500)
 # writes:  the same without GETs: what a persisted send costs Redis
-# cluster: rest, writes and fanout against a 3-primary Redis Cluster (one replica each)
+# cluster: rest, writes (also with REDIS_WAIT_REPLICAS=1) and fanout against a 3-primary
+#          Redis Cluster (one replica each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -185,6 +186,9 @@ for scenario in $SCENARIOS; do
       stop_workers
       echo "-- cluster: REST sends only --"
       rest_run cluster-writes --get-every 0
+      stop_workers
+      echo "-- cluster: REST sends only, each acknowledged after WAIT 1 --"
+      REDIS_WAIT_REPLICAS=1 rest_run cluster-writes-wait1 --get-every 0
       stop_workers
       echo "-- cluster: fan-out through sharded Pub/Sub --"
       fanout_run cluster-fanout
