@@ -16,8 +16,10 @@ WEB := gateway/web
 WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html $(WEB)/package.json $(WEB)/vite.config.ts
 CARGO ?= cargo
 APT_UPDATED := .run/.apt-updated
+VENV := .run/venv
+PY_REQS := infra/requirements-test.txt
 
-.PHONY: help up test bench web build build-release deps-run deps-test deps-node check-rust fmt lint rust-test web-test e2e clean
+.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint rust-test web-test e2e ops-test clean
 
 help:
 	@echo "make up      run everything (Redis, gateway at http://127.0.0.1:3000/, workers)"
@@ -50,6 +52,24 @@ deps-node:
 
 deps-test: deps-run deps-node
 	$(call apt_install,chromium,chromium)
+
+# A virtualenv (.run/venv) with the pinned PyPI test tools (Schemathesis, kubernetes-validate).
+deps-py:
+	$(call apt_install,python3,python3)
+	@/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Debian package python3-venv"; \
+	    mkdir -p .run; [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "!! python3-venv is missing: run 'sudo apt-get install python3-venv' and retry"; exit 1; fi; }
+	@[ -x $(VENV)/bin/python ] && [ $(VENV)/.installed -nt $(PY_REQS) ] || { \
+	  echo ">> creating $(VENV) from $(PY_REQS)"; \
+	  /usr/bin/python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -r $(PY_REQS) && touch $(VENV)/.installed; }
+
+# The operations tools: promtool (Debian prometheus), docker-compose.
+deps-ops: deps-py
+	$(call apt_install,promtool,prometheus)
+	$(call apt_install,docker-compose,docker-compose)
 
 # ---------------------------------------------------------------- build
 web: $(WEB)/dist/index.html
@@ -87,7 +107,11 @@ web-test: deps-node
 e2e: deps-test build web
 	cd $(WEB) && npm run e2e
 
-test: deps-test fmt lint rust-test web-test e2e
+# Offline checks of what users deploy: alert rules, compose file, Kubernetes and KEDA manifests.
+ops-test: deps-ops
+	VENV=$(VENV) bash infra/ops/check.sh
+
+test: deps-test fmt lint rust-test web-test e2e ops-test
 	@echo "== all tests passed =="
 
 # ---------------------------------------------------------------- bench
