@@ -20,6 +20,7 @@ pub mod auth;
 pub mod bus;
 pub mod pipeline;
 pub mod rest;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod web;
@@ -86,6 +87,7 @@ pub async fn run(
     // Whichever process starts first creates the completion groups, from the start of the
     // streams (persistence needs none: partition owners read from their committed offset).
     let parts = cfg.partitions();
+    confab_shared::metrics::init(rest::catalog::ROUTES, &parts);
     confab_shared::layout::ensure(&mut conn, &parts)
         .await
         .context("checking STREAM_PARTITIONS against the deployment")?;
@@ -103,6 +105,11 @@ pub async fn run(
         cfg.command_stream_max_len,
     );
     tokio::spawn(pipeline.clone().watch_backlog(cancel.clone()));
+    tokio::spawn(confab_shared::metrics::sample_forever(
+        conn.clone(),
+        cfg.partitions(),
+        cancel.clone(),
+    ));
     let hub = Arc::new(ws::hub::Hub::new());
     // The bus outlives the HTTP drain: replies to requests in flight at SIGTERM still arrive.
     let bus_stop = CancellationToken::new();
@@ -136,16 +143,14 @@ pub async fn run(
         .with(warp::reply::with::header(
             "x-content-type-options",
             "nosniff",
-        ));
+        ))
+        .map(warp::Reply::into_response)
+        .boxed();
 
     let addr = listener.local_addr().ok();
     tracing::info!(gateway_id = %gateway_id, addr = ?addr, "gateway listening");
     let shutdown = cancel.clone();
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    server::serve(listener, routes, shutdown).await;
     hub.close_all(ws::session::CLOSE_GOING_AWAY);
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), state.tasks.wait())

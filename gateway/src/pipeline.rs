@@ -17,6 +17,7 @@ use confab_shared::commands::{Command, CommandEnvelope, COMMAND_FIELD};
 use confab_shared::db::Conn;
 use confab_shared::keys::PartitionKeys;
 use confab_shared::partition::Partitions;
+use confab_shared::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -156,14 +157,20 @@ impl Pipeline {
         }
     }
 
-    /// Appends `command` and waits for its reply.
+    /// Appends `command` for the request being handled (its trace) and waits for its reply.
     pub async fn submit(&self, command: Command) -> Result<RawReply, ApiError> {
-        self.begin(command).await?.wait().await
+        let trace = crate::server::current_trace().unwrap_or_else(TraceContext::new_root);
+        self.begin(command, &trace).await?.wait().await
     }
 
-    /// Appends `command` and returns a handle to wait for its reply with. Commands begun in
-    /// sequence are appended in that order (a WebSocket's sends keep their order).
-    pub async fn begin(&self, command: Command) -> Result<PendingReply, ApiError> {
+    /// Appends `command`, made under `trace`, and returns a handle to wait for its reply
+    /// with. Commands begun in sequence are appended in that order (a WebSocket's sends keep
+    /// their order).
+    pub async fn begin(
+        &self,
+        command: Command,
+        trace: &TraceContext,
+    ) -> Result<PendingReply, ApiError> {
         let partition = self.parts.of_conversation(&command.conversation_id()) as usize;
         if self
             .overloaded
@@ -177,8 +184,10 @@ impl Pipeline {
             ));
         }
         let id = Uuid::new_v4();
+        tracing::debug!(trace_id = %trace.trace_id, command_id = %id, kind = command.kind(), "queueing a command");
         let envelope = CommandEnvelope {
             id,
+            trace: Some(trace.child().header()),
             reply_to: Some(self.gateway_id.to_string()),
             command,
         };

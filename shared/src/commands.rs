@@ -1,6 +1,6 @@
 //! Commands: what a gateway asks the persistence workers to do.
 //!
-//! A command travels as the JSON field `c` of an entry in [`crate::keys::COMMANDS_STREAM`].
+//! A command travels as the JSON field `c` of an entry in its partition's command stream.
 //! Its `id` is chosen by the gateway and is the idempotency key: a command delivered twice is
 //! applied once. Ids of the things it creates (conversation, message) are chosen by the
 //! gateway too, so a redelivery creates nothing new. `reply_to` names the gateway waiting for
@@ -20,6 +20,9 @@ pub struct CommandEnvelope {
     pub id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The W3C `traceparent` of the request that made it (see [`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     #[serde(flatten)]
     pub command: Command,
 }
@@ -149,6 +152,7 @@ mod tests {
     fn envelope_round_trips_with_kind_tag() {
         let env = CommandEnvelope {
             id: Uuid::new_v4(),
+            trace: None,
             reply_to: Some("gw-1".into()),
             command: Command::DeleteMessage {
                 conversation_id: Uuid::new_v4(),

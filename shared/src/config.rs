@@ -62,6 +62,12 @@ pub struct Config {
     pub command_stream_max_len: u64,
     pub dead_letter_max_len: u64,
     pub worker_name: Option<String>,
+    /// Workers: where to serve `/metrics`, `/healthz`, `/readyz` (off when unset).
+    pub metrics_addr: Option<String>,
+    /// `text` or `json` (one JSON object per log line).
+    pub log_format: String,
+    /// OTLP/HTTP collector (e.g. `http://otel-collector:4318`): spans are exported there.
+    pub otel_exporter_otlp_endpoint: Option<String>,
     // --- gateway ---
     pub gateway_addr: String,
     pub gateway_id: Option<String>,
@@ -110,6 +116,9 @@ impl Default for Config {
             command_stream_max_len: 200_000,
             dead_letter_max_len: 10_000,
             worker_name: None,
+            metrics_addr: None,
+            log_format: "text".into(),
+            otel_exporter_otlp_endpoint: None,
             gateway_addr: "127.0.0.1:3000".into(),
             gateway_id: None,
             web_dir: "gateway/web/dist".into(),
@@ -272,6 +281,26 @@ impl Config {
                 self.gateway_addr
             )));
         }
+        if let Some(addr) = &self.metrics_addr {
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError(format!(
+                    "METRICS_ADDR must be an address such as 0.0.0.0:9100 (got {addr:?})"
+                )));
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "LOG_FORMAT must be text or json (got {:?})",
+                self.log_format
+            )));
+        }
+        if let Some(url) = &self.otel_exporter_otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL".into(),
+                ));
+            }
+        }
         if self.event_history_len < 1000 {
             return Err(ConfigError(
                 "EVENT_HISTORY_LEN must be at least 1000".into(),
@@ -283,6 +312,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `METRICS_ADDR`, checked by [`Config::from_env`].
+    pub fn metrics_socket_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr.as_deref().and_then(|a| a.parse().ok())
     }
 
     /// `GATEWAY_ADDR`, checked by [`Config::from_env`].

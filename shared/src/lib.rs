@@ -14,6 +14,8 @@
 //! - [`layout`]: the `STREAM_PARTITIONS` a deployment runs, and changing it safely.
 //! - [`db`]: connections to standalone Redis or a Redis Cluster, Pub/Sub flavour, multi-slot work.
 //! - [`streams`]: the consumer-group runner (read, reclaim, dead-letter, ack, trim).
+//! - [`metrics`]: every Prometheus family, and the sampler of stream lag and ownership.
+//! - [`trace`]: W3C `traceparent`, and the metadata line before every published event.
 //! - [`scripting`], [`telemetry`], [`shutdown`]: Lua scripts by SHA, tracing, signals.
 //!
 //! ## Data flow
@@ -32,10 +34,12 @@ pub mod domain;
 pub mod events;
 pub mod keys;
 pub mod layout;
+pub mod metrics;
 pub mod partition;
 pub mod scripting;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::Config;

@@ -1,11 +1,139 @@
-//! Tracing set-up shared by every binary: `RUST_LOG` filters (default `info`).
+//! Logs and traces, shared by every binary.
+//!
+//! - `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` makes every line one JSON object,
+//!   with the fields of the spans it happened in (a request's `trace_id`, for one).
+//! - With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP/HTTP
+//!   (opentelemetry-otlp, batched on its own thread), named after the process
+//!   (`OTEL_SERVICE_NAME`, default `confab-<binary>`). [`link`] makes a span continue a
+//!   W3C trace context, so a request's spans in the gateway and in the worker that applied
+//!   its command share one trace id.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::trace::TraceContext;
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the span exporter alive; dropping it flushes what is batched.
+#[must_use]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("flushing spans failed: {e}");
+            }
+        }
+    }
+}
+
+/// What [`init`] needs from the configuration.
+pub struct Setup<'a> {
+    /// `text` or `json`.
+    pub log_format: &'a str,
+    /// OTLP/HTTP collector base URL, if any.
+    pub otlp_endpoint: Option<&'a str>,
+    /// The default service name (`confab-gateway`, `confab-persistence`, …).
+    pub service: &'a str,
+}
+
+/// Logging with the default text format and no export (before the configuration is read).
 pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_target(false)
         .try_init();
+}
+
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Logs in `log_format` and, with an OTLP endpoint, exported spans.
+pub fn init(setup: &Setup<'_>) -> Telemetry {
+    let fmt = match setup.log_format {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+    };
+    let mut provider = None;
+    let otel = setup
+        .otlp_endpoint
+        .and_then(|endpoint| match exporter(endpoint, setup.service) {
+            Ok(p) => {
+                let layer = tracing_opentelemetry::layer().with_tracer(p.tracer("confab"));
+                provider = Some(p);
+                EXPORTING.store(true, Ordering::Relaxed);
+                Some(layer)
+            }
+            Err(e) => {
+                eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot export spans: {e}");
+                None
+            }
+        });
+    let _ = tracing_subscriber::registry()
+        .with(filter())
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}
+
+fn exporter(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Whether spans are exported (OTLP configured).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Makes `span` continue the trace `ctx` (its remote parent) when spans are exported.
+pub fn link(span: &tracing::Span, ctx: &TraceContext) {
+    if !exporting() {
+        return;
+    }
+    let (Ok(trace_id), Ok(span_id)) = (
+        TraceId::from_hex(&ctx.trace_id),
+        SpanId::from_hex(&ctx.span_id),
+    ) else {
+        return;
+    };
+    let flags = if ctx.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    let parent = opentelemetry::Context::new().with_remote_span_context(remote);
+    let _ = span.set_parent(parent);
 }

@@ -65,6 +65,7 @@ impl Cleanup {
     /// Polls until cancelled; a pass in progress is finished first.
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(partitions = self.parts.len(), "cleanup worker started");
+        confab_shared::metrics::set_serving(true);
         while !cancel.is_cancelled() {
             let busy = match self.pass().await {
                 Ok(n) => n >= BATCH,
@@ -140,6 +141,7 @@ impl Cleanup {
                 Ok(ExpireReply::Expired { members }) => {
                     index.cmd("ZREM").arg(&pk.activity).arg(raw).ignore();
                     tracing::info!(conversation_id = %id, "conversation expired");
+                    confab_shared::metrics::get().conversations_expired.inc();
                     notices.extend(self.member_notices(id, &members));
                 }
                 Err(e) => tracing::warn!(conversation_id = %id, error = %e, "expire script failed"),
@@ -163,13 +165,14 @@ impl Cleanup {
         ids: &[(String, Uuid)],
     ) -> RedisResult<Vec<RedisResult<ExpireReply>>> {
         let mut conn = self.conn.clone();
+        let prefix = confab_shared::trace::publish_prefix(confab_shared::db::now_ms(), None);
         let events: Vec<String> = ids
             .iter()
             .map(|(_, id)| {
-                Event::ConversationExpired {
+                let event = Event::ConversationExpired {
                     conversation_id: *id,
-                }
-                .to_json()
+                };
+                format!("{prefix}{}", event.to_json())
             })
             .collect();
         let publish = conn.publish_command();

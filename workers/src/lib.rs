@@ -15,6 +15,7 @@
 
 pub mod cleanup;
 pub mod completion;
+pub mod health;
 pub mod persistence;
 
 use std::sync::Arc;
@@ -30,6 +31,16 @@ pub enum Role {
     Persistence,
     Cleanup,
     Completion,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Persistence => "persistence",
+            Role::Cleanup => "cleanup",
+            Role::Completion => "completion",
+        }
+    }
 }
 
 impl std::str::FromStr for Role {
@@ -112,6 +123,10 @@ pub async fn drained(cfg: Config) -> anyhow::Result<bool> {
 /// Runs one role until `cancel` fires.
 pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
+    confab_shared::metrics::init(&[], &cfg.partitions());
+    if let Some(addr) = cfg.metrics_socket_addr() {
+        health::serve(addr, cancel.clone()).await?;
+    }
     let redis = Redis::from_config(&cfg);
     let Some(conn) = redis
         .connect_with_retry(Duration::from_secs(5), &cancel)
@@ -120,6 +135,11 @@ pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::
         return Ok(());
     };
     confab_shared::layout::ensure(&mut conn.clone(), &cfg.partitions()).await?;
+    tokio::spawn(confab_shared::metrics::sample_forever(
+        conn.clone(),
+        cfg.partitions(),
+        cancel.clone(),
+    ));
     match role {
         Role::Persistence => {
             let name = consumer_name(&cfg, role);

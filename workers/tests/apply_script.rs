@@ -48,6 +48,7 @@ fn ctx(part: &'static str, epoch: u64, max_messages: u64, cluster: bool) -> Cont
 fn create(cid: Uuid) -> CommandEnvelope {
     CommandEnvelope {
         id: Uuid::new_v4(),
+        trace: None,
         reply_to: None,
         command: Command::CreateConversation {
             conversation_id: cid,
@@ -62,6 +63,7 @@ fn create(cid: Uuid) -> CommandEnvelope {
 fn send_with(cid: Uuid, message_id: Uuid, text: &str) -> CommandEnvelope {
     CommandEnvelope {
         id: Uuid::new_v4(),
+        trace: None,
         reply_to: None,
         command: Command::SendMessage {
             conversation_id: cid,

@@ -140,6 +140,7 @@ impl Stack {
         let stream = self.partition(&command.conversation_id()).commands;
         let env = CommandEnvelope {
             id: Uuid::new_v4(),
+            trace: None,
             reply_to: None,
             command,
         };
@@ -206,7 +207,8 @@ impl Stack {
             let mut s = ps.into_on_message();
             while let Some(m) = s.next().await {
                 let payload: String = m.get_payload().unwrap_or_default();
-                if let Ok(v) = serde_json::from_str::<Value>(&payload) {
+                let event = confab_shared::trace::split_published(&payload).body;
+                if let Ok(v) = serde_json::from_str::<Value>(event) {
                     if tx.send(v).is_err() {
                         break;
                     }
@@ -670,6 +672,7 @@ async fn a_redelivered_send_is_applied_once_and_its_side_effects_are_redone() {
     };
     let env = CommandEnvelope {
         id: Uuid::new_v4(),
+        trace: None,
         reply_to: None,
         command: Command::SendMessage {
             conversation_id: id,

@@ -1,5 +1,5 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (Redis answers, the completion
-//! groups exist, this gateway's reply subscription is live).
+//! groups exist, this gateway's reply subscription is live) and `GET /metrics` (Prometheus).
 
 use confab_shared::keys::{self, PartitionKeys};
 use confab_shared::streams;
@@ -42,4 +42,14 @@ pub async fn readyz(state: AppState) -> Response {
             )
         }
     }
+}
+
+/// The Prometheus text exposition of this process.
+pub async fn metrics() -> Response {
+    let mut r = Response::new(confab_shared::metrics::get().encode().into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }

@@ -4,6 +4,7 @@
 //! 405 and an unknown path a 404 — both in the JSON error shape.
 
 pub mod body;
+pub mod catalog;
 pub mod conversations;
 pub mod errors;
 pub mod health;
@@ -111,7 +112,10 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let sessions = warp::path!("api" / "sessions").and(
         warp::post()
             .and(s())
-            .and(warp::addr::remote())
+            .and(
+                warp::ext::optional::<crate::server::ClientAddr>()
+                    .map(|a: Option<crate::server::ClientAddr>| a.map(|c| c.0)),
+            )
             .and(body())
             .then(|st, addr, b| async move { respond(users::sign_in(st, addr, b).await) })
             .or(warp::delete()
@@ -127,6 +131,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(s())
         .then(health::readyz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .then(health::metrics);
 
     conversations
         .or(conversation)
@@ -146,6 +153,8 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .or(healthz)
         .unify()
         .or(readyz)
+        .unify()
+        .or(metrics)
         .unify()
         .boxed()
 }

@@ -218,9 +218,20 @@ impl Hub {
 
     /// Hands a Pub/Sub payload to every local listener of `channel`.
     pub fn deliver(&self, channel: &str, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
+        let Ok(published) = std::str::from_utf8(payload) else {
             return;
         };
+        let meta = confab_shared::trace::split_published(published);
+        if let Some(at) = meta.at_ms {
+            let lag_ms = confab_shared::db::now_ms().saturating_sub(at);
+            confab_shared::metrics::get()
+                .pubsub_lag
+                .observe(lag_ms as f64 / 1000.0);
+        }
+        if let Some(trace_id) = meta.trace_id {
+            tracing::debug!(trace_id, %channel, "delivering an event");
+        }
+        let text = meta.body;
         let Ok(header) = serde_json::from_str::<Header>(text) else {
             tracing::debug!(%channel, "ignoring a payload that is not an event");
             return;

@@ -28,6 +28,20 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// The frame's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Cancel { .. } => "cancel",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
 /// Why a frame was refused: `(code, message, ref)`.
 #[derive(Debug, PartialEq)]
 pub struct FrameError {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use confab_shared::commands::Command;
 use confab_shared::keys;
+use confab_shared::trace::TraceContext;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -73,6 +74,8 @@ impl Bucket {
 struct Conn {
     state: AppState,
     session: Option<Session>,
+    /// The upgrade request's trace: sends without a `traceparent` of their own continue it.
+    trace: TraceContext,
     id: ConnId,
     handle: ConnHandle,
     subs: HashMap<Uuid, Sub>,
@@ -80,16 +83,21 @@ struct Conn {
     sends: Arc<Semaphore>,
 }
 
-pub async fn serve(ws: Socket, state: AppState, session: Option<Session>) {
+pub async fn serve(ws: Socket, state: AppState, session: Option<Session>, trace: TraceContext) {
     let (tx, mut rx) = mpsc::channel(state.cfg.ws_send_queue);
     let handle = ConnHandle {
         tx,
         kill: Arc::new(Killer::default()),
     };
     let id = state.hub.register(handle.clone());
+    let metrics = confab_shared::metrics::get();
+    metrics.ws_connections.inc();
+    // How the peer ended it when we did not: its close code, or 1006 (no close frame).
+    let mut peer_code: u16 = 1006;
     let mut conn = Conn {
         state: state.clone(),
         session,
+        trace,
         id,
         handle: handle.clone(),
         subs: HashMap::new(),
@@ -145,8 +153,14 @@ pub async fn serve(ws: Socket, state: AppState, session: Option<Session>) {
                             conn.client_frame(text.as_str()).await
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => vec![protocol::error_frame("binary_not_supported", "Send JSON text frames", None)],
-                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Binary(_))) => {
+                        metrics.frame_received("invalid");
+                        vec![protocol::error_frame("binary_not_supported", "Send JSON text frames", None)]
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        peer_code = frame.map_or(1005, |f| u16::from(f.code));
+                        break None;
+                    }
                     Some(Ok(_)) => Vec::new(),
                 }
             }
@@ -170,6 +184,7 @@ pub async fn serve(ws: Socket, state: AppState, session: Option<Session>) {
         };
         let mut failed = false;
         for text in out {
+            metrics.frame_sent(&text);
             if send(&mut sink, &kill, Message::text(text)).await.is_err() {
                 failed = true;
                 break;
@@ -204,6 +219,9 @@ pub async fn serve(ws: Socket, state: AppState, session: Option<Session>) {
     for channel in state.hub.unregister(id) {
         state.bus.sync_later(channel);
     }
+    metrics.ws_connections.dec();
+    let code = close_code.unwrap_or(peer_code).to_string();
+    metrics.ws_disconnects.with_label_values(&[&code]).inc();
 }
 
 /// Writes one message unless the connection is being killed (a slow client cannot hold us).
@@ -240,10 +258,15 @@ impl Conn {
     }
 
     async fn client_frame(&mut self, text: &str) -> Vec<String> {
+        let metrics = confab_shared::metrics::get();
         let frame = match protocol::parse(text) {
             Ok(f) => f,
-            Err(e) => return vec![e.to_frame()],
+            Err(e) => {
+                metrics.frame_received("invalid");
+                return vec![e.to_frame()];
+            }
         };
+        metrics.frame_received(frame.kind());
         let result = match frame {
             ClientFrame::Ping => Ok(vec![protocol::pong()]),
             ClientFrame::Subscribe {
@@ -415,15 +438,24 @@ impl Conn {
             .acquire_owned()
             .await
             .map_err(|_| FrameError::new("unavailable", "closing"))?;
+        // The frame's own traceparent, else the connection's trace.
+        let trace = body
+            .get("traceparent")
+            .and_then(Value::as_str)
+            .and_then(TraceContext::parse)
+            .unwrap_or_else(|| self.trace.child());
         let pending = self
             .state
             .pipeline
-            .begin(Command::SendMessage {
-                conversation_id: id,
-                message,
-                actor,
-                assistant_reply: None,
-            })
+            .begin(
+                Command::SendMessage {
+                    conversation_id: id,
+                    message,
+                    actor,
+                    assistant_reply: None,
+                },
+                &trace,
+            )
             .await
             .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
         let handle = self.handle.clone();

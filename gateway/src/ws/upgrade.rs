@@ -109,6 +109,9 @@ async fn handshake(
     }
     let config = ws_config(&state.cfg);
     let tasks = state.tasks.clone();
+    // The upgrade's trace: sends without a traceparent of their own continue it.
+    let trace =
+        crate::server::current_trace().unwrap_or_else(confab_shared::trace::TraceContext::new_root);
     tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -118,7 +121,7 @@ async fn handshake(
                     Some(config),
                 )
                 .await;
-                super::session::serve(ws, state, session).await;
+                super::session::serve(ws, state, session, trace).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

@@ -507,7 +507,8 @@ impl Redis {
         .await
     }
 
-    /// Subscribes to `channels` (sharded on a cluster) and yields `(channel, payload)`.
+    /// Subscribes to `channels` (sharded on a cluster) and yields `(channel, event)`: the
+    /// payload without its metadata line.
     pub async fn subscribe(
         &self,
         channels: &[String],
@@ -536,10 +537,12 @@ impl Redis {
                     v.and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
                         .unwrap_or_default()
                 };
-                if tx
-                    .send((text(push.data.first()), text(push.data.get(1))))
-                    .is_err()
-                {
+                // The metadata line before a published event is the gateways' to strip.
+                let payload = text(push.data.get(1));
+                let event = confab_shared::trace::split_published(&payload)
+                    .body
+                    .to_string();
+                if tx.send((text(push.data.first()), event)).is_err() {
                     return;
                 }
             }

@@ -17,6 +17,7 @@ use confab_shared::db::Conn;
 use confab_shared::domain::{self, Message, SENDER_ASSISTANT};
 use confab_shared::events::Event;
 use confab_shared::keys::{self, PartitionKeys};
+use confab_shared::metrics;
 use confab_shared::partition::Partitions;
 use confab_shared::scripting::is_noscript;
 use confab_shared::streams::Disposition;
@@ -300,9 +301,12 @@ impl Answerer {
         // or backing off — and `lost` fires if the conversation goes or another replica took over.
         let lost = CancellationToken::new();
         let _keeper = self.keep_lease(id, lost.clone()).drop_guard();
+        let _active = ActiveGauge::start();
+        let mut first_token = true;
         loop {
             attempt += 1;
             shown.clear();
+            let attempt_started = Instant::now();
             let mut co = Coalescer::new();
             let mut finished = false;
             let failure: Option<Failure> = 'run: {
@@ -354,6 +358,10 @@ impl Answerer {
                                 }
                                 for choice in chunk.choices {
                                     if let Some(text) = choice.delta.and_then(|d| d.content) {
+                                        if first_token && !text.is_empty() {
+                                            first_token = false;
+                                            metrics::get().assistant_first_token.observe(attempt_started.elapsed().as_secs_f64());
+                                        }
                                         if let Some((seq, d)) = co.push(&text, Instant::now()) {
                                             shown.push_str(&d);
                                             self.delta(id, rid, seq, d, &shown).await;
@@ -442,6 +450,10 @@ impl Answerer {
     }
 
     async fn give_up(&self, id: Uuid, rid: Uuid, hseq: u64, code: &str, message: String) -> End {
+        metrics::get()
+            .assistant_errors
+            .with_label_values(&[code])
+            .inc();
         self.publish(
             id,
             &Event::AssistantError {
@@ -466,6 +478,7 @@ impl Answerer {
         stopped: bool,
         usage: Option<serde_json::Value>,
     ) -> End {
+        count_tokens(usage.as_ref());
         let content = match (text.trim().is_empty(), stopped) {
             (false, _) => text,
             (true, true) => "_(stopped before any text)_".to_string(),
@@ -488,6 +501,7 @@ impl Answerer {
         .to_json();
         let envelope = CommandEnvelope {
             id: rid,
+            trace: None,
             reply_to: None,
             command: Command::SendMessage {
                 conversation_id: id,
@@ -596,6 +610,36 @@ impl Drop for Forget<'_> {
             a.remove(&self.id);
         }
         self.cancels.unsubscribe(self.id);
+    }
+}
+
+/// `confab_assistant_active` while an answer runs.
+struct ActiveGauge;
+
+impl ActiveGauge {
+    fn start() -> Self {
+        metrics::get().assistant_active.inc();
+        ActiveGauge
+    }
+}
+
+impl Drop for ActiveGauge {
+    fn drop(&mut self) {
+        metrics::get().assistant_active.dec();
+    }
+}
+
+/// Adds a reply's usage report (`prompt_tokens`, `completion_tokens`) to the token counters.
+fn count_tokens(usage: Option<&serde_json::Value>) {
+    let Some(u) = usage else { return };
+    let m = metrics::get();
+    for (field, kind) in [
+        ("prompt_tokens", "prompt"),
+        ("completion_tokens", "completion"),
+    ] {
+        if let Some(n) = u.get(field).and_then(serde_json::Value::as_u64) {
+            m.assistant_tokens.with_label_values(&[kind]).inc_by(n);
+        }
     }
 }
 

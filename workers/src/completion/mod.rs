@@ -93,7 +93,9 @@ pub async fn run(
     }
     readers.close();
     tracing::info!(model = %cfg.openai_model, base_url = %cfg.openai_base_url, "completion worker started");
+    confab_shared::metrics::set_serving(true);
     readers.wait().await;
+    confab_shared::metrics::set_serving(false);
     tasks.close();
     tracing::info!(
         answering = answerer.answering(),

@@ -16,6 +16,8 @@
 --   event_head, event_tail   the event Rust encoded, split where the eventId goes; a message
 --               event ends with the message itself, which is not sent twice: its tail stops
 --               before it, and the script appends message .. '}' 
+--   prefix      the metadata line published before each event (publish time, trace id);
+--               never stored
 --   actor       the signed-in user ('' in open conversations, 'assistant' for replies)
 --   message_id, message, human ('1' when a person wrote it), max_messages,
 --   answers_up_to, done_event   (send; the last two for assistant replies)
@@ -36,7 +38,7 @@
 -- printf, which costs more than the command.
 
 local req = cmsgpack.unpack(ARGV[1])
-local op, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
+local op, prefix, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.prefix or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
 local META, ORDER, MSGS, EVENTS, MEMBERS, FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
 
 local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
@@ -149,7 +151,7 @@ local function emit(fields, created)
   if eseq == 1 then
     created[#created + 1] = EVENTS
   end
-  redis.call(publish, channel, ev)
+  redis.call(publish, channel, prefix .. ev)
   fields[#fields + 1], fields[#fields + 2] = 'eseq', eid
   return eseq
 end
@@ -183,7 +185,7 @@ if op == 'send' then
   eseq = eseq + 1
   local eid = tostring(eseq)
   redis.call('ZADD', ORDER, eid, message_id)
-  redis.call(publish, channel, event_head .. eid .. event_tail .. message .. '}')
+  redis.call(publish, channel, prefix .. event_head .. eid .. event_tail .. message .. '}')
   local n = #fields
   fields[n + 1], fields[n + 2] = 'eseq', eid
   fields[n + 3], fields[n + 4] = 'cnt', tostring(cnt + 1)
@@ -192,7 +194,7 @@ if op == 'send' then
     fields[n + 5], fields[n + 6] = 'hseq', eid
   end
   if done_event ~= '' then
-    redis.call(publish, channel, done_event)
+    redis.call(publish, channel, prefix .. done_event)
   end
   local created = {}
   if cnt == 0 then

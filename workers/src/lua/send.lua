@@ -7,7 +7,8 @@
 -- ARGV — `SendRequest::ARGV` in persistence/apply.rs, positional because this runs once per
 -- message and decoding a map costs more than half the commands below ('' = none):
 --   ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms,
---   event_head, event_tail, actor, message_id, message, human, max_messages
+--   event_head (with the metadata line before it: only published), event_tail, actor,
+--   message_id, message, human, max_messages
 -- Returns { 1, eventId, deadline, assistant (0/1), newest human eventId } when applied,
 -- { 0 } when declined.
 local ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages = unpack(ARGV, 1, 16)

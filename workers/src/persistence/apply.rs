@@ -47,6 +47,9 @@ pub struct ApplyRequest<'a> {
     pub grace_ms: u64,
     pub event_head: String,
     pub event_tail: String,
+    /// The metadata line published before each event (publish time and trace id; gateways
+    /// strip it — see `confab_shared::trace`).
+    pub prefix: String,
     pub op: Op<'a>,
 }
 
@@ -80,8 +83,9 @@ pub enum Op<'a> {
 
 impl ApplyRequest<'_> {
     /// The request's fields, as the script names them; `members` (a list) follows.
-    pub const FIELDS: [&'static str; 25] = [
+    pub const FIELDS: [&'static str; 26] = [
         "op",
+        "prefix",
         "ms",
         "seq",
         "after_ms",
@@ -131,6 +135,7 @@ impl ApplyRequest<'_> {
         set("grace_ms", self.grace_ms.to_string());
         set("event_head", self.event_head.clone());
         set("event_tail", self.event_tail.clone());
+        set("prefix", self.prefix.clone());
         let mut members: Vec<String> = Vec::new();
         match &self.op {
             Op::Create {
@@ -237,7 +242,8 @@ impl SendRequest {
             req.publish.to_string(),
             req.channel.clone(),
             req.grace_ms.to_string(),
-            req.event_head.clone(),
+            // send.lua publishes the head and never stores it: the metadata line goes first.
+            format!("{}{}", req.prefix, req.event_head),
             req.event_tail.clone(),
             actor.to_string(),
             message_id.clone(),
@@ -419,6 +425,10 @@ pub fn request<'a>(
         grace_ms: KEY_GRACE_MS,
         event_head,
         event_tail,
+        prefix: confab_shared::trace::publish_prefix(
+            confab_shared::db::now_ms(),
+            env.trace.as_deref(),
+        ),
         op,
     }
 }
@@ -549,6 +559,7 @@ mod tests {
     fn send(sender: &str) -> CommandEnvelope {
         CommandEnvelope {
             id: Uuid::new_v4(),
+            trace: None,
             reply_to: Some("gw".into()),
             command: Command::SendMessage {
                 conversation_id: Uuid::new_v4(),

@@ -86,12 +86,16 @@ impl Rebalancer {
         let Some(index) = members.iter().position(|m| m == self.leases.owner()) else {
             return;
         };
+        confab_shared::metrics::set_serving(true);
         let quota = lease::quota(self.parts.len() as u32, members.len(), index) as usize;
         if self.held.len() > quota {
             self.release_extra(quota);
         } else if self.held.len() < quota {
             self.acquire_up_to(quota).await;
         }
+        confab_shared::metrics::get()
+            .partitions_owned
+            .set(self.held.len() as i64);
     }
 
     /// Forgets partitions whose task ended by itself (fenced or lost).
@@ -219,6 +223,7 @@ impl Rebalancer {
             partitions = self.held.len(),
             "stopping: committing and handing partitions over"
         );
+        confab_shared::metrics::set_serving(false);
         for h in self.held.values() {
             h.stop.cancel();
         }
@@ -239,6 +244,7 @@ impl Rebalancer {
         if let Err(e) = lease::leave(&mut self.conn, self.leases.owner()).await {
             tracing::warn!(error = %e, "leaving the membership set failed");
         }
+        confab_shared::metrics::get().partitions_owned.set(0);
         tracing::info!("persistence worker stopped");
     }
 }

@@ -202,7 +202,12 @@ impl Partition {
             wait_ms: self.shared.cfg.redis_wait_timeout_ms,
             partition: partition_cmds,
         };
-        let answers = match exec::execute(&mut self.conn, round).await {
+        let started = std::time::Instant::now();
+        let executed = exec::execute(&mut self.conn, round).await;
+        confab_shared::metrics::get()
+            .command_apply
+            .observe(started.elapsed().as_secs_f64());
+        let answers = match executed {
             Ok(a) => a,
             Err(e) => {
                 if let Some(p) = pending {

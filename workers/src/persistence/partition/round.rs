@@ -7,8 +7,10 @@ use std::collections::HashMap;
 
 use confab_shared::commands::{CommandEnvelope, CompletionJob, Reply};
 use confab_shared::keys;
+use confab_shared::metrics::{self, Outcome as Counted};
 use confab_shared::partition::key_slot;
 use confab_shared::scripting::{decode_reply, is_noscript};
+use confab_shared::trace::TraceContext;
 use redis::{Cmd, RedisResult, Value};
 use uuid::Uuid;
 
@@ -62,6 +64,9 @@ pub fn plan(
         }
         match &s.command {
             Err(reason) => {
+                metrics::get()
+                    .command("unknown", Counted::DeadLettered)
+                    .inc();
                 tracing::error!(entry = %s.id, %reason, "dead-lettering a command");
                 outbox
                     .dead
@@ -127,9 +132,11 @@ pub fn settle(
 ) {
     let cfg = &shared.cfg;
     let wait = cfg.redis_wait_replicas;
+    let m = metrics::get();
     for (&i, (result, replicated)) in positions.iter().zip(answers) {
         let Some(s) = window.get_mut(i) else { continue };
         let Ok(env) = &s.command else { continue };
+        let kind = env.command.kind();
         let reply = match result.and_then(|v| decode(&v, s.fast)) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -149,6 +156,7 @@ pub fn settle(
                     s.done = true;
                 } else {
                     tracing::debug!(entry = %s.id, error = %e, "transient error; retrying");
+                    m.command(kind, Counted::Retried).inc();
                     settled.transient = true;
                 }
                 continue;
@@ -157,6 +165,7 @@ pub fn settle(
                 s.failures += 1;
                 settled.transient = true;
                 if s.failures >= cfg.max_deliveries {
+                    m.command(kind, Counted::DeadLettered).inc();
                     let reason = format!("failed {} times: {e}", s.failures);
                     tracing::error!(entry = %s.id, %reason, "dead-lettering a command");
                     settled.reply(
@@ -166,6 +175,7 @@ pub fn settle(
                     outbox.dead.push((s.id.clone(), reason, s.raw.clone()));
                     s.done = true;
                 } else {
+                    m.command(kind, Counted::Retried).inc();
                     tracing::warn!(entry = %s.id, error = %e, attempt = s.failures, "applying a command failed");
                 }
                 continue;
@@ -182,10 +192,15 @@ pub fn settle(
                 return;
             }
             Outcome::OutOfOrder => {
+                m.command(kind, Counted::Retried).inc();
                 settled.transient = true;
                 continue;
             }
-            _ => {}
+            Outcome::Duplicate => m.command(kind, Counted::Duplicate).inc(),
+            _ => m.command(kind, Counted::Applied).inc(),
+        }
+        if confab_shared::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
+            traced(env, &s.id, &reply.outcome);
         }
         let applied = Applied { env, reply: &reply };
         let answer = if replicated {
@@ -226,4 +241,21 @@ fn replicas_unavailable(id: Uuid) -> Reply {
         "replicas_unavailable",
         "Not enough Redis replicas are online to confirm the write; try again shortly",
     )
+}
+
+/// The span of an applied command, in its request's trace (exported with OTLP), and a debug
+/// line under the same trace id.
+fn traced(env: &CommandEnvelope, entry: &str, outcome: &Outcome) {
+    let Some(trace) = env.trace.as_deref().and_then(TraceContext::parse) else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "apply",
+        trace_id = %trace.trace_id,
+        kind = env.command.kind(),
+        entry,
+    );
+    confab_shared::telemetry::link(&span, &trace);
+    let _entered = span.enter();
+    tracing::debug!(?outcome, "command applied");
 }
