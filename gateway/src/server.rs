@@ -88,15 +88,21 @@ where
 {
     let started = Instant::now();
     req.extensions_mut().insert(ClientAddr(addr));
-    let trace = TraceContext::from_header(
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
     let method = req.method().clone();
     let route = catalog::template(req.uri().path());
-    let span = tracing::info_span!("request", trace_id = %trace.trace_id, %method, route);
-    confab_shared::telemetry::link(&span, &trace);
+    let span = tracing::info_span!(
+        "request",
+        trace_id = tracing::field::Empty,
+        %method,
+        route
+    );
+    let trace = confab_shared::telemetry::hop(&span, incoming.as_ref());
+    span.record("trace_id", trace.trace_id.as_str());
     let header = HeaderValue::from_str(&trace.header()).ok();
     let mut response = TRACE
         .scope(trace, service.call(req).instrument(span))

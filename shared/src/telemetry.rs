@@ -117,11 +117,30 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
-/// Makes `span` continue the trace `ctx` (its remote parent) when spans are exported.
-pub fn link(span: &tracing::Span, ctx: &TraceContext) {
-    if !exporting() {
-        return;
+/// Makes `span` this process's hop of the trace: its parent is `parent` (the caller's
+/// `traceparent`) when there is one. Returns the context this hop passes on: the exported
+/// span's own ids when spans are exported, else `parent`'s trace with a new span id, else a
+/// new trace.
+pub fn hop(span: &tracing::Span, parent: Option<&TraceContext>) -> TraceContext {
+    if exporting() {
+        if let Some(parent) = parent {
+            link(span, parent);
+        }
+        let otel = span.context();
+        let sc = otel.span().span_context().clone();
+        if sc.is_valid() {
+            return TraceContext {
+                trace_id: sc.trace_id().to_string(),
+                span_id: sc.span_id().to_string(),
+                sampled: sc.is_sampled(),
+            };
+        }
     }
+    parent.map_or_else(TraceContext::new_root, TraceContext::child)
+}
+
+/// Sets `ctx` as the remote parent of `span`.
+fn link(span: &tracing::Span, ctx: &TraceContext) {
     let (Ok(trace_id), Ok(span_id)) = (
         TraceId::from_hex(&ctx.trace_id),
         SpanId::from_hex(&ctx.span_id),

@@ -9,6 +9,13 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::Filter;
 
+/// The routes served on `METRICS_ADDR`: the labels of the worker's HTTP metrics.
+pub const ROUTES: &[(&str, &str)] = &[("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz")];
+
+fn catalog_unmatched() -> &'static str {
+    "unmatched"
+}
+
 /// Binds `addr` (failing at start-up, naming `METRICS_ADDR`) and serves until `cancel`.
 pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -35,7 +42,22 @@ pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> anyhow::Resul
         };
         warp::reply::with_status(warp::reply::json(&body), status)
     });
-    let routes = metrics_route.or(healthz).or(readyz);
+    let routes = metrics_route
+        .or(healthz)
+        .or(readyz)
+        .with(warp::log::custom(|info| {
+            let path = info.path();
+            let route = ROUTES
+                .iter()
+                .find(|(_, t)| *t == path)
+                .map_or(catalog_unmatched(), |(_, t)| t);
+            metrics::get().http(
+                info.method().as_str(),
+                route,
+                info.status().as_u16(),
+                info.elapsed().as_secs_f64(),
+            );
+        }));
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move {
         warp::serve(routes)

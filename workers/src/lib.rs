@@ -123,7 +123,7 @@ pub async fn drained(cfg: Config) -> anyhow::Result<bool> {
 /// Runs one role until `cancel` fires.
 pub async fn run(role: Role, cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    confab_shared::metrics::init(&[], &cfg.partitions());
+    confab_shared::metrics::init(health::ROUTES, &cfg.partitions());
     if let Some(addr) = cfg.metrics_socket_addr() {
         health::serve(addr, cancel.clone()).await?;
     }

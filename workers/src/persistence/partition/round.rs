@@ -255,7 +255,7 @@ fn traced(env: &CommandEnvelope, entry: &str, outcome: &Outcome) {
         kind = env.command.kind(),
         entry,
     );
-    confab_shared::telemetry::link(&span, &trace);
+    confab_shared::telemetry::hop(&span, Some(&trace));
     let _entered = span.enter();
     tracing::debug!(?outcome, "command applied");
 }
