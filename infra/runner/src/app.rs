@@ -25,6 +25,10 @@ use crate::supervisor::{ChildSpec, Stage, Supervisor, SupervisorOptions};
 /// `GATEWAY_ADDR` default (the same as the gateway's own).
 pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:3000";
 
+/// `METRICS_PORT_BASE` default: worker *k* (from 0, in start order) serves `/metrics`,
+/// `/healthz` and `/readyz` on `127.0.0.1:<base + k>`; 0 turns the worker endpoints off.
+pub const DEFAULT_METRICS_PORT_BASE: u16 = 9101;
+
 /// The worker roles, in start order.
 pub const WORKER_ROLES: [&str; 3] = ["persistence", "cleanup", "completion"];
 
@@ -40,6 +44,8 @@ pub struct Plan {
     pub mock: Option<ChildSpec>,
     pub workers: Vec<ChildSpec>,
     pub gateways: Vec<ChildSpec>,
+    /// Each worker's `METRICS_ADDR`, by child name.
+    pub metrics: Vec<(String, SocketAddr)>,
 }
 
 impl Plan {
@@ -90,6 +96,13 @@ impl Plan {
             Assistant::Real { .. } => None,
         };
 
+        let metrics_base: u16 = match text("METRICS_PORT_BASE") {
+            None => DEFAULT_METRICS_PORT_BASE,
+            Some(v) => v.parse().map_err(|_| {
+                anyhow!("METRICS_PORT_BASE must be a port number, or 0 for none (got {v:?})")
+            })?,
+        };
+        let mut metrics = Vec::new();
         let worker_name = text("WORKER_NAME");
         let mut workers = Vec::new();
         for (role, count) in WORKER_ROLES.into_iter().zip(worker_counts(args)) {
@@ -99,6 +112,17 @@ impl Plan {
                 spec = with_env(spec, &common);
                 if let Some(name) = replica_value(worker_name.as_deref(), count, i) {
                     spec = spec.env("WORKER_NAME", name);
+                }
+                if metrics_base != 0 {
+                    let port =
+                        u16::try_from(usize::from(metrics_base) + workers.len()).map_err(|_| {
+                            anyhow!(
+                                "METRICS_PORT_BASE {metrics_base} leaves no port for every worker"
+                            )
+                        })?;
+                    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                    spec = spec.env("METRICS_ADDR", addr.to_string());
+                    metrics.push((spec.name.clone(), addr));
                 }
                 workers.push(spec);
             }
@@ -124,6 +148,7 @@ impl Plan {
             mock,
             workers,
             gateways,
+            metrics,
         })
     }
 
@@ -194,6 +219,14 @@ impl Plan {
                      mock-openai left over from an earlier run; stop it or set MOCK_OPENAI_ADDR \
                      to a free address",
                     demo.addr
+                );
+            }
+        }
+        for (name, addr) in &self.metrics {
+            if net::accepts(*addr, Duration::from_secs(1)).await {
+                bail!(
+                    "something is already listening on {addr}, the METRICS_ADDR of {name}; stop \
+                     it or set METRICS_PORT_BASE to a free range (0: no worker metrics)"
                 );
             }
         }
@@ -272,6 +305,14 @@ impl Plan {
                  their output above)"
             ));
             while !net::wait_accepting(self.gateway_addr, Duration::from_secs(3600)).await {}
+        }
+        out.runner(&format!(
+            "metrics: gateways http://{shown}/metrics (API port)"
+        ));
+        for (name, addr) in &self.metrics {
+            out.runner(&format!(
+                "metrics: {name} http://{addr}/metrics  (/healthz, /readyz)"
+            ));
         }
         out.headline(&format!(
             "Confab is up: http://{shown}/  (Ctrl-C stops everything)"
@@ -488,6 +529,56 @@ mod tests {
             env_of(&p.gateways[0], "GATEWAY_ADDR").as_deref(),
             Some("127.0.0.1:3000")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn every_worker_gets_its_own_metrics_port() -> anyhow::Result<()> {
+        let args = Args {
+            gateways: 1,
+            persistence: 2,
+            cleanup: 1,
+            completion: 1,
+            ..Args::default()
+        };
+        let p = plan(
+            &args,
+            &[("PATH", "/nonexistent"), ("REDIS_URL", "redis://h")],
+        )?;
+        let addrs: Vec<Option<String>> = p
+            .workers
+            .iter()
+            .map(|w| env_of(w, "METRICS_ADDR"))
+            .collect();
+        assert_eq!(
+            addrs,
+            ["9101", "9102", "9103", "9104"].map(|port| Some(format!("127.0.0.1:{port}")))
+        );
+        assert_eq!(p.metrics.len(), 4);
+        assert_eq!(env_of(&p.gateways[0], "METRICS_ADDR"), None);
+
+        let off = plan(
+            &args,
+            &[
+                ("PATH", "/nonexistent"),
+                ("REDIS_URL", "redis://h"),
+                ("METRICS_PORT_BASE", "0"),
+            ],
+        )?;
+        assert!(off.metrics.is_empty());
+        assert!(off
+            .workers
+            .iter()
+            .all(|w| env_of(w, "METRICS_ADDR").is_none()));
+        let bad = plan(
+            &args,
+            &[
+                ("PATH", "/nonexistent"),
+                ("REDIS_URL", "redis://h"),
+                ("METRICS_PORT_BASE", "x"),
+            ],
+        );
+        assert!(format!("{:?}", bad.err()).contains("METRICS_PORT_BASE"));
         Ok(())
     }
 
