@@ -10,8 +10,7 @@ usage: check_metrics.py OUTDIR
 - the dashboard is importable (schemaVersion, a Prometheus datasource variable used by every
   panel and target, unique panel ids, grid positions) and shows every exported metric;
 - each alert has a severity, summary, description and a runbook_url whose anchor is a
-  `#### Alert: <Name>` heading of the README's runbook (README.md once merged there,
-  infra/ops/README-ops.md until then).
+  `#### Alert: <Name>` heading of the README's runbook.
 
 It also writes, into OUTDIR, the dashboard's and KEDA's expressions as recording rules
 (promql-syntax.rules.yml) so that `promtool check rules` parses them, and the KEDA queries as
@@ -68,13 +67,10 @@ def panels_of(dash):
 def runbook_headings():
     """(file, {anchor: heading}) of the `#### Alert: Name` headings."""
     readme = ROOT / "README.md"
-    for path in (readme, ROOT / "infra/ops/README-ops.md"):
-        if not path.exists():
-            continue
-        heads = re.findall(r"^####\s+(Alert:\s*\S.*?)\s*$", path.read_text(encoding="utf-8"), re.M)
-        if heads or path != readme:
-            return path, {github_anchor(h): h for h in heads}
-    return None, {}
+    if not readme.exists():
+        return None, {}
+    heads = re.findall(r"^####\s+(Alert:\s*\S.*?)\s*$", readme.read_text(encoding="utf-8"), re.M)
+    return readme, {github_anchor(h): h for h in heads}
 
 
 def main():
@@ -118,7 +114,7 @@ def main():
             p.expect(url.endswith(f"#{want}"), where, f"runbook_url should end in #{want}")
             p.expect(want in anchors, where,
                      f"no `#### Alert: {name}` heading (anchor #{want}) in "
-                     f"{rb_file.relative_to(ROOT) if rb_file else 'README.md or infra/ops/README-ops.md'}")
+                     f"{rb_file.relative_to(ROOT) if rb_file else 'README.md'}")
     p.expect(len(set(alert_names)) == len(alert_names), "infra/prometheus/alerts.yml", "duplicate alert names")
     for anchor, head in anchors.items():
         p.expect(anchor[len("alert-"):] in {a.lower() for a in alert_names}, str(rb_file.relative_to(ROOT)),
