@@ -1,13 +1,22 @@
 //! Users and sessions.
 //!
-//! - Passwords are stored only as argon2id PHC strings (hashed on the blocking pool).
+//! - Passwords are stored only as argon2id PHC strings, hashed on dedicated threads: one pool
+//!   for sign-ins and a smaller one for sign-ups, each with a bounded queue (503 `overloaded`
+//!   when full), so a flood of sign-ups never delays a sign-in's hash.
 //! - A session token is 32 random bytes, base64url; Redis keeps only its SHA-256
 //!   (`confab:session:<hash>` → username, with `SESSION_TTL_SECS` expiry), so any gateway
 //!   replica validates it and a leaked Redis dump reveals no usable token.
 //! - Sign-out deletes the session and publishes `session_revoked` on the user's channel:
 //!   every gateway closes that token's WebSockets at once.
-//! - Failed sign-ins are counted per username and per client address; past
-//!   `LOGIN_MAX_FAILURES` within `LOGIN_WINDOW_SECS` sign-in answers 429.
+//! - Sign-in throttling follows OWASP's guidance: failures are counted per (client address,
+//!   username) — `LOGIN_MAX_FAILURES` — and per client address — `LOGIN_MAX_FAILURES_PER_ADDR`
+//!   — within `LOGIN_WINDOW_SECS`; never per username alone, so nobody can lock an account
+//!   for everyone else. Successful sign-ins are not counted (and clear their pair's count).
+//!   A username that cannot exist is refused before Redis is touched, keys hold only hashes
+//!   ([`crate::addr_limit`]), and an attempt that is already limited is answered 429 without
+//!   being counted. Each address has at most a few sign-ins in flight per gateway, which
+//!   bounds how far parallel guesses can overshoot the limit.
+//! - Sign-up is limited per client address (`SIGNUPS_PER_MIN_PER_ADDR`).
 
 use std::net::IpAddr;
 
@@ -21,6 +30,7 @@ use confab_shared::keys;
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
+use crate::addr_limit::{self, Gate};
 use crate::rest::errors::ApiError;
 
 /// A signed-in caller.
@@ -37,6 +47,28 @@ pub fn hash_token(token: &str) -> String {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Why a hash did not run.
+#[derive(Debug, PartialEq, Eq)]
+enum HashError {
+    /// The pool's queue is full: answer 503 rather than pile up.
+    Busy,
+    /// The threads are gone or the job panicked.
+    Failed(&'static str),
+}
+
+impl HashError {
+    fn into_api(self, what: &str) -> ApiError {
+        match self {
+            HashError::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("Too many {what} at once; try again shortly"),
+            ),
+            HashError::Failed(e) => ApiError::internal("hashing task failed", e),
+        }
+    }
+}
+
 /// A fixed set of threads for password hashing. glibc keeps an arena per thread that ever
 /// allocated: hashing on tokio's growing blocking pool left ~20 MiB behind in each of dozens of
 /// threads (gateways at 500–900 MB after a sign-in burst); a few long-lived threads reuse theirs.
@@ -46,13 +78,13 @@ struct Hasher {
 }
 
 impl Hasher {
-    fn start(threads: usize) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+    fn start(name: &str, threads: usize, queue: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     let job = match rx.lock() {
                         Ok(guard) => guard.recv(),
@@ -70,22 +102,23 @@ impl Hasher {
         Self { jobs: tx }
     }
 
-    /// Runs `f` on a hashing thread and awaits its result.
+    /// Runs `f` on a hashing thread and awaits its result; `Busy` when the queue is full.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, &'static str> {
+    ) -> Result<T, HashError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        let jobs = self.jobs.clone();
-        // `send` blocks only when 1024 hashes are queued: do that wait off the async threads.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .map_err(|_| "hashing queue failed")?
-            .map_err(|_| "hashing threads stopped")?;
-        rx.await.map_err(|_| "hashing thread dropped the job")
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => HashError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                HashError::Failed("hashing threads stopped")
+            }
+        })?;
+        rx.await
+            .map_err(|_| HashError::Failed("hashing thread dropped the job"))
     }
 }
 
@@ -98,15 +131,49 @@ fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "Wrong username or password",
+    )
+}
+
+/// The answer to a request whose credentials do not verify.
+pub fn invalid_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "The session token is invalid or expired",
+    )
+}
+
+/// Whether a counter read from Redis has reached `limit` (0: no limit).
+fn reached(count: Option<u64>, limit: u64) -> bool {
+    limit > 0 && count.unwrap_or(0) >= limit
+}
+
+/// Queued sign-in hashes per gateway before 503 (each waits for a thread).
+const SIGN_IN_QUEUE: usize = 1024;
+/// Queued sign-up hashes per gateway before 503.
+const SIGN_UP_QUEUE: usize = 64;
+
 #[derive(Clone)]
 pub struct Auth {
     conn: Conn,
     /// argon2id needs ~19 MiB per hash: hashes run on a few dedicated threads, so a burst of
-    /// sign-ins neither balloons the gateway's memory nor starves its async workers.
-    hashing: Hasher,
+    /// sign-ins neither balloons the gateway's memory nor starves its async workers. Sign-ups
+    /// have their own, smaller pool: they never delay a sign-in.
+    sign_in_hashing: Hasher,
+    sign_up_hashing: Hasher,
+    /// Sign-ins (sign-ups) in flight per client address in this gateway.
+    sign_in_gate: Gate,
+    sign_up_gate: Gate,
     session_ttl_secs: u64,
     max_failures: u64,
+    max_failures_per_addr: u64,
     window_secs: u64,
+    signups_per_min: u64,
 }
 
 impl Auth {
@@ -114,19 +181,38 @@ impl Auth {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let sign_up_threads = (cores / 2).max(1);
         Self {
             conn,
-            hashing: Hasher::start(cores),
+            sign_in_hashing: Hasher::start("argon2-in", cores, SIGN_IN_QUEUE),
+            sign_up_hashing: Hasher::start("argon2-up", sign_up_threads, SIGN_UP_QUEUE),
+            sign_in_gate: Gate::new(cores),
+            sign_up_gate: Gate::new(sign_up_threads),
             session_ttl_secs: cfg.session_ttl_secs,
             max_failures: cfg.login_max_failures,
+            max_failures_per_addr: cfg.login_max_failures_per_addr,
             window_secs: cfg.login_window_secs,
+            signups_per_min: cfg.signups_per_min_per_addr,
         }
     }
 
-    /// Registers a user. 409 when the name is taken or reserved.
-    pub async fn register(&self, username: &str, password: &str) -> Result<String, ApiError> {
+    /// Registers a user. 409 when the name is taken or reserved; 429 past
+    /// `SIGNUPS_PER_MIN_PER_ADDR` from the client's address.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<String, ApiError> {
         let name = domain::normalize_username(username)?;
         domain::validate_password(password)?;
+        let taken = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "username_taken",
+                format!("The username {name:?} is taken"),
+            )
+        };
         if domain::is_reserved_username(&name) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -134,9 +220,31 @@ impl Auth {
                 format!("The username {name:?} is reserved"),
             ));
         }
+        let _pass = self.sign_up_gate.enter(client).await;
+        let rate_key = keys::signup_rate(&addr_limit::addr_subject(client));
+        if !addr_limit::hit(&self.conn, &rate_key, 60, self.signups_per_min)
+            .await
+            .map_err(|e| ApiError::internal("counting sign-ups", e))?
+        {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many sign-ups from this address; try again in a minute",
+            ));
+        }
+        let mut conn = self.conn.clone();
+        // A taken name is answered without spending a hash on it (HSETNX below settles races).
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys::user(&name))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ApiError::internal("reading a user", e))?;
+        if exists {
+            return Err(taken());
+        }
         let pw = password.to_owned();
         let hash = self
-            .hashing
+            .sign_up_hashing
             .run(move || {
                 let salt = new_salt()?;
                 Argon2::default()
@@ -144,9 +252,8 @@ impl Auth {
                     .map(|h| h.to_string())
             })
             .await
-            .map_err(|e| ApiError::internal("hashing task failed", e))?
+            .map_err(|e| e.into_api("sign-ups"))?
             .map_err(|e| ApiError::internal("hashing a password", e))?;
-        let mut conn = self.conn.clone();
         let created: bool = redis::cmd("HSETNX")
             .arg(keys::user(&name))
             .arg("password")
@@ -155,11 +262,7 @@ impl Auth {
             .await
             .map_err(|e| ApiError::internal("storing a user", e))?;
         if !created {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "username_taken",
-                format!("The username {name:?} is taken"),
-            ));
+            return Err(taken());
         }
         let mut created = redis::cmd("HSET");
         created
@@ -181,52 +284,52 @@ impl Auth {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<(String, String, String), ApiError> {
-        let name = domain::normalize_username(username)
-            .unwrap_or_else(|_| username.trim().to_ascii_lowercase());
-        let subjects = [
-            format!("user:{name}"),
-            format!("ip:{}", client.map(|c| c.to_string()).unwrap_or_default()),
-        ];
+        // No account can have such a name or password: refuse before touching Redis.
+        let Ok(name) = domain::normalize_username(username) else {
+            return Err(invalid_credentials());
+        };
+        if password.len() > domain::MAX_PASSWORD_BYTES {
+            return Err(invalid_credentials());
+        }
+        // A few sign-ins per address at once: parallel guesses overshoot the limit by at most
+        // that many, and one address cannot take every hashing thread.
+        let _pass = self.sign_in_gate.enter(client).await;
+        let pair_key =
+            keys::login_failures(&format!("p:{}", addr_limit::pair_subject(client, &name)));
+        let addr_key = keys::login_failures(&format!("a:{}", addr_limit::addr_subject(client)));
         let mut conn = self.conn.clone();
-        // Count the attempt before checking the password: parallel guesses cannot all slip
-        // past the limit before any failure is recorded. A success takes it back. One
-        // pipeline per counter (each its own slot on a cluster).
-        let counting = subjects.iter().map(|subject| {
-            let mut c = conn.clone();
-            let key = keys::login_failures(subject);
-            async move {
-                let (n,): (u64,) = redis::pipe()
-                    .cmd("INCR")
-                    .arg(&key)
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(self.window_secs)
-                    .arg("NX")
-                    .ignore()
-                    .query_async(&mut c)
-                    .await?;
-                Ok::<u64, redis::RedisError>(n)
-            }
-        });
-        let counts: Vec<u64> = futures::future::try_join_all(counting)
+        let mut pair_count = redis::cmd("GET");
+        pair_count.arg(&pair_key);
+        let mut addr_count = redis::cmd("GET");
+        addr_count.arg(&addr_key);
+        let mut stored = redis::cmd("HGET");
+        stored.arg(keys::user(&name)).arg("password");
+        let mut results = conn
+            .query_many(vec![pair_count, addr_count, stored])
             .await
-            .map_err(|e| ApiError::internal("counting sign-in attempts", e))?;
-        if counts.iter().any(|&n| n > self.max_failures) {
+            .map_err(|e| ApiError::internal("reading sign-in state", e))?
+            .into_iter()
+            .map(|r| r.map_err(|e| ApiError::internal("reading sign-in state", e)));
+        let mut next = || results.next().unwrap_or(Ok(redis::Value::Nil));
+        let pair_failures: Option<u64> = redis::from_redis_value(next()?)
+            .map_err(|e| ApiError::internal("reading sign-in state", e))?;
+        let addr_failures: Option<u64> = redis::from_redis_value(next()?)
+            .map_err(|e| ApiError::internal("reading sign-in state", e))?;
+        let stored: Option<String> = redis::from_redis_value(next()?)
+            .map_err(|e| ApiError::internal("reading a user", e))?;
+        if reached(pair_failures, self.max_failures)
+            || reached(addr_failures, self.max_failures_per_addr)
+        {
+            // Already limited: not counted again, and no hash spent.
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many failed sign-ins; try again later",
             ));
         }
-        let stored: Option<String> = redis::cmd("HGET")
-            .arg(keys::user(&name))
-            .arg("password")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| ApiError::internal("reading a user", e))?;
         let pw = password.to_owned();
         let ok = self
-            .hashing
+            .sign_in_hashing
             .run(move || match stored {
                 Some(hash) => PasswordHash::new(&hash)
                     .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()),
@@ -239,13 +342,12 @@ impl Auth {
                 }
             })
             .await
-            .unwrap_or(false);
+            .map_err(|e| e.into_api("sign-ins"))?;
         if !ok {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "Wrong username or password",
-            ));
+            self.count_failure(&pair_key, self.max_failures).await;
+            self.count_failure(&addr_key, self.max_failures_per_addr)
+                .await;
+            return Err(invalid_credentials());
         }
         let token = new_token();
         let expires = chrono::Utc::now()
@@ -258,12 +360,11 @@ impl Auth {
             .arg(&name)
             .arg("EX")
             .arg(self.session_ttl_secs);
-        let mut forgive_user = redis::cmd("DEL");
-        forgive_user.arg(keys::login_failures(&subjects[0]));
-        let mut forgive_addr = redis::cmd("DECR");
-        forgive_addr.arg(keys::login_failures(&subjects[1]));
+        // A success clears its own pair's failures (never the address's).
+        let mut forgive = redis::cmd("DEL");
+        forgive.arg(&pair_key);
         let results = conn
-            .query_many(vec![store, forgive_user, forgive_addr])
+            .query_many(vec![store, forgive])
             .await
             .map_err(|e| ApiError::internal("storing a session", e))?;
         if let Some(Err(e)) = results.into_iter().next() {
@@ -274,6 +375,13 @@ impl Auth {
             name,
             expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ))
+    }
+
+    /// Counts a failed sign-in in `key`'s window (a failure to count is logged, not fatal).
+    async fn count_failure(&self, key: &str, limit: u64) {
+        if let Err(e) = addr_limit::hit(&self.conn, key, self.window_secs, limit).await {
+            tracing::warn!(error = %e, "counting a failed sign-in");
+        }
     }
 
     /// The session behind a bearer token, if it is valid.
@@ -372,5 +480,58 @@ impl Auth {
             .filter(|(_, e)| !e)
             .map(|(n, _)| n.clone())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sign_in_hashes_do_not_wait_behind_sign_ups() {
+        let sign_in = Hasher::start("test-in", 1, 8);
+        let sign_up = Hasher::start("test-up", 1, 2);
+        // The sign-up thread is busy until released, with its queue full behind it.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let sign_up = sign_up.clone();
+            async move { sign_up.run(move || release_rx.recv().is_ok()).await }
+        });
+        let mut queued = Vec::new();
+        // Fill the queue: the first job may or may not have been taken by the thread yet.
+        loop {
+            let up = sign_up.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let job = tokio::spawn(async move {
+                let r = up.run(|| ()).await;
+                let _ = tx.send(());
+                r
+            });
+            tokio::task::yield_now().await;
+            if job.is_finished() {
+                // Refused at once: the queue is full.
+                let r = job.await.unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(r, Err(HashError::Busy));
+                break;
+            }
+            queued.push((job, rx));
+            assert!(queued.len() <= 3, "the sign-up queue is not bounded");
+        }
+        // A sign-in still runs at once on its own threads.
+        assert_eq!(sign_in.run(|| 42).await, Ok(42));
+        assert!(!busy.is_finished());
+        let _ = release_tx.send(());
+        assert_eq!(busy.await.unwrap_or_else(|e| panic!("{e}")), Ok(true));
+        for (job, _) in queued {
+            assert_eq!(job.await.unwrap_or_else(|e| panic!("{e}")), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_off() {
+        assert!(!reached(Some(1000), 0));
+        assert!(!reached(None, 3));
+        assert!(!reached(Some(2), 3));
+        assert!(reached(Some(3), 3));
     }
 }

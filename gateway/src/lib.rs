@@ -16,6 +16,7 @@
 
 #![recursion_limit = "256"]
 
+pub mod addr_limit;
 pub mod auth;
 pub mod bus;
 pub mod pipeline;

@@ -79,7 +79,7 @@ impl Conversation {
 pub struct Store {
     conn: Conn,
     history: Arc<Lua>,
-    kinds: Arc<Mutex<HashMap<Uuid, Kind>>>,
+    kinds: Arc<Mutex<HashMap<Uuid, (Kind, bool)>>>,
 }
 
 impl Store {
@@ -159,7 +159,7 @@ impl Store {
         } else {
             Kind::Open
         };
-        self.remember(id, kind);
+        self.remember(id, kind, field(2).as_deref() == Some("1"));
         if kind == Kind::Member && !actor.is_some_and(|a| members.iter().any(|m| m == a)) {
             return Ok(None);
         }
@@ -199,35 +199,47 @@ impl Store {
     }
 
     fn cached_kind(&self, id: Uuid) -> Option<Kind> {
+        self.cached(id).map(|(k, _)| k)
+    }
+
+    fn cached(&self, id: Uuid) -> Option<(Kind, bool)> {
         self.kinds.lock().ok().and_then(|k| k.get(&id).copied())
     }
 
     /// Open or member chat; `None` when it does not exist.
     pub async fn kind(&self, id: Uuid) -> RedisResult<Option<Kind>> {
-        if let Some(k) = self.cached_kind(id) {
+        Ok(self.kind_and_assistant(id).await?.map(|(k, _)| k))
+    }
+
+    /// Open or member chat, and whether its assistant is on (both fixed at creation);
+    /// `None` when it does not exist.
+    pub async fn kind_and_assistant(&self, id: Uuid) -> RedisResult<Option<(Kind, bool)>> {
+        if let Some(k) = self.cached(id) {
             return Ok(Some(k));
         }
         let mut conn = self.conn.clone();
-        let kind: Option<String> = redis::cmd("HGET")
+        let meta: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(keys::conv_meta(&id))
             .arg("kind")
+            .arg("assistant")
             .query_async(&mut conn)
             .await?;
-        let kind = match kind.as_deref() {
+        let kind = match meta.first().cloned().flatten().as_deref() {
             Some("member") => Kind::Member,
             Some(_) => Kind::Open,
             None => return Ok(None),
         };
-        self.remember(id, kind);
-        Ok(Some(kind))
+        let assistant = meta.get(1).cloned().flatten().as_deref() == Some("1");
+        self.remember(id, kind, assistant);
+        Ok(Some((kind, assistant)))
     }
 
-    fn remember(&self, id: Uuid, kind: Kind) {
+    fn remember(&self, id: Uuid, kind: Kind, assistant: bool) {
         if let Ok(mut k) = self.kinds.lock() {
             if k.len() >= KIND_CACHE_MAX {
                 k.clear();
             }
-            k.insert(id, kind);
+            k.insert(id, (kind, assistant));
         }
     }
 

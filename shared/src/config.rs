@@ -73,8 +73,13 @@ pub struct Config {
     pub gateway_id: Option<String>,
     pub web_dir: String,
     pub session_ttl_secs: u64,
+    /// Failed sign-ins per (client address, username) within `login_window_secs` (0 = off).
     pub login_max_failures: u64,
+    /// Failed sign-ins per client address, whatever the usernames (0 = off).
+    pub login_max_failures_per_addr: u64,
     pub login_window_secs: u64,
+    /// Sign-ups per client address per minute (0 = off).
+    pub signups_per_min_per_addr: u64,
     pub ws_max_frame_bytes: usize,
     pub ws_send_queue: usize,
     pub ws_max_subscriptions: usize,
@@ -93,6 +98,11 @@ pub struct Config {
     pub assistant_context_chars: usize,
     pub completion_concurrency: usize,
     pub assistant_give_up_secs: u64,
+    /// Whether open (anonymous) conversations may enable the assistant.
+    pub assistant_in_open_conversations: bool,
+    /// Messages per client address per minute into open conversations with the assistant
+    /// (each may wake the model; 0 = off).
+    pub assistant_open_messages_per_min_per_addr: u64,
 }
 
 impl Default for Config {
@@ -124,7 +134,9 @@ impl Default for Config {
             web_dir: "gateway/web/dist".into(),
             session_ttl_secs: 7 * 24 * 3600,
             login_max_failures: 10,
+            login_max_failures_per_addr: 100,
             login_window_secs: 300,
+            signups_per_min_per_addr: 10,
             ws_max_frame_bytes: 64 * 1024,
             ws_send_queue: 1024,
             ws_max_subscriptions: 256,
@@ -145,6 +157,8 @@ impl Default for Config {
             assistant_context_chars: 12_000,
             completion_concurrency: 256,
             assistant_give_up_secs: 30,
+            assistant_in_open_conversations: false,
+            assistant_open_messages_per_min_per_addr: 10,
         }
     }
 }
@@ -172,7 +186,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 15] = [
+        let positive: [(&str, u64); 16] = [
             ("CONVERSATION_TTL_SECS", self.conversation_ttl_secs),
             ("MEMBER_CHAT_TTL_SECS", self.member_chat_ttl_secs),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
@@ -188,6 +202,7 @@ impl Config {
             ("WORKER_BATCH_SIZE", self.worker_batch_size as u64),
             ("COMMAND_STREAM_MAX_LEN", self.command_stream_max_len),
             ("SESSION_TTL_SECS", self.session_ttl_secs),
+            ("LOGIN_WINDOW_SECS", self.login_window_secs),
             ("WS_SEND_QUEUE", self.ws_send_queue as u64),
             ("WS_MAX_FRAME_BYTES", self.ws_max_frame_bytes as u64),
             ("COMPLETION_CONCURRENCY", self.completion_concurrency as u64),
@@ -199,7 +214,7 @@ impl Config {
         }
         // Upper bounds keep time arithmetic (deadlines, Instant + Duration) from overflowing.
         const YEAR_SECS: u64 = 365 * 24 * 3600;
-        let bounded: [(&str, u64, u64); 7] = [
+        let bounded: [(&str, u64, u64); 8] = [
             (
                 "CONVERSATION_TTL_SECS",
                 self.conversation_ttl_secs,
@@ -211,6 +226,7 @@ impl Config {
                 10 * YEAR_SECS,
             ),
             ("SESSION_TTL_SECS", self.session_ttl_secs, 10 * YEAR_SECS),
+            ("LOGIN_WINDOW_SECS", self.login_window_secs, 7 * 24 * 3600),
             ("REQUEST_TIMEOUT_MS", self.request_timeout_ms, 3600 * 1000),
             ("CLAIM_IDLE_MS", self.claim_idle_ms, 24 * 3600 * 1000),
             ("WS_IDLE_TIMEOUT_SECS", self.ws_idle_timeout_secs, 24 * 3600),
@@ -404,6 +420,36 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("GATEWAY_ADDR"));
+    }
+
+    #[test]
+    fn abuse_limits_have_defaults_and_zero_turns_them_off() {
+        let c = Config::from_vars(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.login_max_failures, 10);
+        assert_eq!(c.login_max_failures_per_addr, 100);
+        assert_eq!(c.signups_per_min_per_addr, 10);
+        assert!(!c.assistant_in_open_conversations);
+        assert_eq!(c.assistant_open_messages_per_min_per_addr, 10);
+        let c = Config::from_vars(vars(&[
+            ("SIGNUPS_PER_MIN_PER_ADDR", "0"),
+            ("LOGIN_MAX_FAILURES_PER_ADDR", "0"),
+            ("ASSISTANT_IN_OPEN_CONVERSATIONS", "true"),
+            ("ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR", "0"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.signups_per_min_per_addr, 0);
+        assert!(c.assistant_in_open_conversations);
+        for (name, value) in [
+            ("SIGNUPS_PER_MIN_PER_ADDR", "-1"),
+            ("LOGIN_MAX_FAILURES_PER_ADDR", "lots"),
+            ("ASSISTANT_IN_OPEN_CONVERSATIONS", "sometimes"),
+            ("ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR", "1.5"),
+            ("LOGIN_WINDOW_SECS", "0"),
+        ] {
+            let err = Config::from_vars(vars(&[(name, value)])).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(name), "{name}={value}: {msg:?}");
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct Message {
     pub message_id: Uuid,
     pub sender: String,
     pub content: String,
-    /// Exactly as the client sent it (or the server's RFC 3339 time when none was given).
+    /// In open conversations exactly as the client sent it (the server's RFC 3339 time when a
+    /// WebSocket `send` gave none); in member chats always the server's time.
     pub timestamp: String,
     /// Set on an assistant reply that was stopped before it finished.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -36,7 +37,7 @@ pub enum ValidationError {
     MissingContent,
     #[error("content must be a string")]
     ContentNotString,
-    #[error("content must not be empty")]
+    #[error("content must not be empty or only whitespace and invisible characters")]
     EmptyContent,
     #[error("content is {size} bytes; the limit is {limit}")]
     ContentTooLarge { size: usize, limit: usize },
@@ -44,11 +45,18 @@ pub enum ValidationError {
     MissingTimestamp,
     #[error("timestamp must be an ISO 8601 date-time such as 2025-04-05T14:00:00Z")]
     InvalidTimestamp,
-    #[error("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'")]
+    #[error(
+        "username must be 3-32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+    )]
     InvalidUsername,
     #[error("password must be at least 8 characters")]
-    InvalidPassword,
+    PasswordTooShort,
+    #[error("password must be at most {MAX_PASSWORD_BYTES} bytes")]
+    PasswordTooLong,
 }
+
+/// The longest password accepted, in bytes (UTF-8).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 impl ValidationError {
     pub fn code(&self) -> &'static str {
@@ -58,7 +66,7 @@ impl ValidationError {
             Self::ContentTooLarge { .. } => "content_too_large",
             Self::MissingTimestamp | Self::InvalidTimestamp => "invalid_timestamp",
             Self::InvalidUsername => "invalid_username",
-            Self::InvalidPassword => "invalid_password",
+            Self::PasswordTooShort | Self::PasswordTooLong => "invalid_password",
         }
     }
 }
@@ -76,9 +84,39 @@ pub fn validate_open_sender(sender: &str) -> Result<(), ValidationError> {
     }
 }
 
-/// Content: a non-blank string of at most `limit` bytes.
+/// Characters that show nothing on their own: whitespace, control characters, and the
+/// zero-width, joiner, bidi-control, filler, variation-selector and tag characters.
+pub fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// Content: a string of at most `limit` bytes with at least one visible character.
 pub fn validate_content(content: &str, limit: usize) -> Result<(), ValidationError> {
-    if content.trim().is_empty() {
+    if content.len() <= limit && content.chars().all(is_invisible) {
         return Err(ValidationError::EmptyContent);
     }
     if content.len() > limit {
@@ -118,14 +156,23 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Lower-cases and checks a username: 3–32 of `a-z 0-9 _ . -`.
+/// Lower-cases and checks a username: 3–32 of `a-z 0-9 _ . -`, the first a letter or digit
+/// (so no `...`, and nothing that reads as a command-line option such as `-rf`).
 pub fn normalize_username(raw: &str) -> Result<String, ValidationError> {
-    let name = raw.trim().to_ascii_lowercase();
-    let ok_len = (3..=32).contains(&name.len());
+    let raw = raw.trim();
+    // Checked before copying: a sign-in may carry a username of any size.
+    if !(3..=32).contains(&raw.len()) {
+        return Err(ValidationError::InvalidUsername);
+    }
+    let name = raw.to_ascii_lowercase();
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-    if ok_len && ok_chars {
+    if ok_first && ok_chars {
         Ok(name)
     } else {
         Err(ValidationError::InvalidUsername)
@@ -136,11 +183,14 @@ pub fn is_reserved_username(name: &str) -> bool {
     RESERVED_USERNAMES.contains(&name)
 }
 
+/// At least 8 characters and at most [`MAX_PASSWORD_BYTES`] bytes.
 pub fn validate_password(pw: &str) -> Result<(), ValidationError> {
-    if pw.chars().count() >= 8 && pw.len() <= 1024 {
-        Ok(())
+    if pw.len() > MAX_PASSWORD_BYTES {
+        Err(ValidationError::PasswordTooLong)
+    } else if pw.chars().count() < 8 {
+        Err(ValidationError::PasswordTooShort)
     } else {
-        Err(ValidationError::InvalidPassword)
+        Ok(())
     }
 }
 
@@ -204,6 +254,72 @@ mod tests {
     }
 
     #[test]
+    fn invisible_only_content_is_empty() {
+        for content in [
+            "",
+            " \t\n",
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+            "\u{00A0}\u{3000}\u{2800}",
+            "\u{0001}\u{0001}",
+            "\u{202E}\u{2066}\u{FE0F}\u{E0041}\u{3164}",
+        ] {
+            assert_eq!(
+                validate_content(content, 100),
+                Err(ValidationError::EmptyContent),
+                "{content:?}"
+            );
+        }
+        for content in ["a", "\u{200B}a\u{200B}", "👍", "\u{00E9}", "·"] {
+            assert_eq!(validate_content(content, 100), Ok(()), "{content:?}");
+        }
+        // An oversized invisible body is still reported as too large (413).
+        assert!(matches!(
+            validate_content(&"\u{200B}".repeat(10), 5),
+            Err(ValidationError::ContentTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn usernames_start_with_a_letter_or_digit() {
+        for bad in ["...", "-rf", "_ab", ".abc", "--help"] {
+            assert_eq!(
+                normalize_username(bad),
+                Err(ValidationError::InvalidUsername),
+                "{bad}"
+            );
+        }
+        for good in ["a..", "7up", "al-ice", "bob_", "x.y"] {
+            assert_eq!(normalize_username(good), Ok(good.to_string()), "{good}");
+        }
+        assert_eq!(
+            normalize_username(&"a".repeat(100_000)),
+            Err(ValidationError::InvalidUsername)
+        );
+    }
+
+    #[test]
+    fn password_limits_have_their_own_messages() {
+        assert_eq!(validate_password("12345678"), Ok(()));
+        assert_eq!(validate_password(&"p".repeat(MAX_PASSWORD_BYTES)), Ok(()));
+        let short = validate_password("1234567").err();
+        assert_eq!(short, Some(ValidationError::PasswordTooShort));
+        let long = validate_password(&"p".repeat(MAX_PASSWORD_BYTES + 1)).err();
+        assert_eq!(long, Some(ValidationError::PasswordTooLong));
+        let msg = long.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("at most 1024 bytes"), "{msg}");
+        assert_eq!(
+            ValidationError::PasswordTooLong.code(),
+            ValidationError::PasswordTooShort.code()
+        );
+        // Multi-byte: 300 × 4 bytes = 1200 bytes although only 300 characters.
+        assert_eq!(
+            validate_password(&"😀".repeat(300)),
+            Err(ValidationError::PasswordTooLong)
+        );
+    }
+
+    #[test]
     fn usernames() {
         assert_eq!(normalize_username("Alice"), Ok("alice".into()));
         assert!(normalize_username("al").is_err());
@@ -226,7 +342,7 @@ mod tests {
         }
 
         #[test]
-        fn valid_usernames_are_accepted(s in "[a-z0-9_.-]{3,32}") {
+        fn valid_usernames_are_accepted(s in "[a-z0-9][a-z0-9_.-]{2,31}") {
             prop_assert_eq!(normalize_username(&s), Ok(s.clone()));
         }
 
@@ -234,7 +350,8 @@ mod tests {
         fn usernames_with_other_chars_are_rejected(s in "[a-z]{2,10}[ /@#A-Z!]{1,3}[a-z]{0,10}") {
             // Upper case is folded, so only count it invalid when other bad chars remain.
             let folded = s.trim().to_ascii_lowercase();
-            let bad = folded.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')));
+            let bad = folded.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')))
+                || !folded.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             prop_assert_eq!(normalize_username(&s).is_err(), bad || !(3..=32).contains(&folded.len()));
         }
 

@@ -136,9 +136,17 @@ pub fn user_convs(username: &str) -> String {
 pub fn session(token_hash: &str) -> String {
     format!("confab:session:{token_hash}")
 }
-/// Login failure counters for rate limiting.
+/// Failed sign-in counter of a hashed subject (an address, or an address and username).
 pub fn login_failures(subject: &str) -> String {
     format!("confab:login-fail:{subject}")
+}
+/// Sign-up counter of a hashed client address (one fixed window).
+pub fn signup_rate(subject: &str) -> String {
+    format!("confab:signup-rate:{subject}")
+}
+/// Counter of messages into open conversations with the assistant, per hashed address.
+pub fn assistant_open_rate(subject: &str) -> String {
+    format!("confab:assist-rate:{subject}")
 }
 
 #[cfg(test)]

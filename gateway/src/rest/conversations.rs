@@ -49,6 +49,9 @@ pub async fn create(state: AppState, session: Option<Session>, body: Body) -> Ap
     };
     let conversation_id = state.pipeline.new_conversation_id();
     let command = match session {
+        None if assistant_field == Some(true) && !state.cfg.assistant_in_open_conversations => {
+            return Err(assistant_disabled())
+        }
         None => Command::CreateConversation {
             conversation_id,
             owner: None,
@@ -82,6 +85,52 @@ pub async fn create(state: AppState, session: Option<Session>, body: Body) -> Ap
         }
     };
     apply(&state, command).await
+}
+
+/// 403 for `{"assistant":true}` without a token while `ASSISTANT_IN_OPEN_CONVERSATIONS` is off.
+pub fn assistant_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "assistant_disabled",
+        "The assistant is not available in open conversations on this server: create one \
+         without it, or sign in and create a member chat",
+    )
+}
+
+/// Counts a message from `addr` into an open conversation whose assistant is on (each may wake
+/// the model): 429 past `ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR` in the current minute.
+pub async fn count_assistant_message(
+    state: &AppState,
+    addr: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
+    let limit = state.cfg.assistant_open_messages_per_min_per_addr;
+    let key = confab_shared::keys::assistant_open_rate(&crate::addr_limit::addr_subject(addr));
+    let conn = state.store.conn();
+    if crate::addr_limit::hit(&conn, &key, 60, limit)
+        .await
+        .map_err(|e| ApiError::internal("counting assistant messages", e))?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "The assistant answers at most {limit} messages a minute from one address in \
+                 open conversations; try again shortly"
+            ),
+        ))
+    }
+}
+
+/// Whether `id` is an open conversation with the assistant on.
+pub async fn open_with_assistant(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
+    let meta = state
+        .store
+        .kind_and_assistant(id)
+        .await
+        .map_err(|e| ApiError::internal("reading a conversation", e))?;
+    Ok(meta == Some((Kind::Open, true)))
 }
 
 /// The invited usernames: normalized, without the creator, without repeats.
@@ -192,12 +241,23 @@ async fn hide_from_outsiders(
     }
 }
 
-/// Validates a message for `kind`; the sender of a member chat message is always the actor.
+/// How a message arrived: the seed's REST API requires a `timestamp` in open conversations;
+/// a WebSocket `send` may leave it out (the server's time is used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Rest,
+    WebSocket,
+}
+
+/// Validates a message for `kind`. In a member chat the sender is always the actor and the
+/// timestamp always the server's (the body's are ignored); in an open conversation both are
+/// the client's, as in the seed.
 pub fn build_message(
     obj: &Map<String, Value>,
     kind: Kind,
     actor: Option<&str>,
     max_bytes: usize,
+    via: Via,
 ) -> Result<Message, ApiError> {
     let content = match obj.get("content") {
         None | Some(Value::Null) => return Err(ValidationError::MissingContent.into()),
@@ -205,23 +265,28 @@ pub fn build_message(
         Some(_) => return Err(ValidationError::ContentNotString.into()),
     };
     domain::validate_content(content, max_bytes)?;
-    let ts = match obj.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ValidationError::InvalidTimestamp.into()),
-    };
     let (sender, timestamp) = match (kind, actor) {
-        (Kind::Member, Some(user)) => (user.to_string(), ts.unwrap_or_else(domain::now_rfc3339)),
+        (Kind::Member, Some(user)) => (user.to_string(), domain::now_rfc3339()),
         _ => {
             let sender = match obj.get("sender") {
                 Some(Value::String(s)) => s.clone(),
                 _ => return Err(ValidationError::InvalidSender.into()),
             };
             domain::validate_open_sender(&sender)?;
-            (sender, ts.ok_or(ValidationError::MissingTimestamp)?)
+            let timestamp = match (obj.get("timestamp"), via) {
+                (Some(Value::String(s)), _) => {
+                    domain::validate_timestamp(s)?;
+                    s.clone()
+                }
+                (None | Some(Value::Null), Via::WebSocket) => domain::now_rfc3339(),
+                (None | Some(Value::Null), Via::Rest) => {
+                    return Err(ValidationError::MissingTimestamp.into())
+                }
+                (Some(_), _) => return Err(ValidationError::InvalidTimestamp.into()),
+            };
+            (sender, timestamp)
         }
     };
-    domain::validate_timestamp(&timestamp)?;
     Ok(Message {
         message_id: Uuid::new_v4(),
         sender,
@@ -236,6 +301,7 @@ pub async fn send(
     state: AppState,
     raw_id: String,
     session: Option<Session>,
+    addr: Option<std::net::SocketAddr>,
     body: Body,
 ) -> ApiResult {
     let id = parse_conv_id(&raw_id)?;
@@ -246,6 +312,7 @@ pub async fn send(
             kind,
             actor.as_deref(),
             state.cfg.max_message_bytes,
+            Via::Rest,
         )
     });
     let message = match message {
@@ -253,6 +320,9 @@ pub async fn send(
         // A member chat's existence is not revealed to outsiders, even by a validation error.
         Err(e) => return Err(hide_from_outsiders(&state, id, kind, actor.as_deref(), e).await),
     };
+    if open_with_assistant(&state, id).await? {
+        count_assistant_message(&state, addr.map(|a| a.ip())).await?;
+    }
     apply(
         &state,
         Command::SendMessage {
@@ -376,4 +446,86 @@ pub async fn cancel_assistant(
         StatusCode::ACCEPTED,
         &serde_json::json!({"message": "Cancel requested"}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    fn code(r: Result<Message, ApiError>) -> Option<&'static str> {
+        r.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn member_chat_timestamps_are_the_servers() {
+        let body = obj(json!({"content": "hi", "timestamp": "1999-01-01T00:00:00Z"}));
+        let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let m = build_message(&body, Kind::Member, Some("alice"), 100, Via::Rest);
+        let m = m.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(m.sender, "alice");
+        let ts = chrono::DateTime::parse_from_rfc3339(&m.timestamp)
+            .unwrap_or_else(|e| panic!("{}: {e}", m.timestamp));
+        assert!(ts >= before, "{} is the client's time", m.timestamp);
+        // Even a malformed client timestamp is simply ignored there.
+        let body = obj(json!({"content": "hi", "timestamp": 5}));
+        let m = build_message(&body, Kind::Member, Some("alice"), 100, Via::WebSocket);
+        assert!(m.is_ok());
+    }
+
+    #[test]
+    fn open_conversations_keep_the_clients_timestamp() {
+        let body =
+            obj(json!({"sender": "agent", "content": "hi", "timestamp": "2025-04-05T14:00:00Z"}));
+        for via in [Via::Rest, Via::WebSocket] {
+            let m = build_message(&body, Kind::Open, None, 100, via);
+            let m = m.unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(m.timestamp, "2025-04-05T14:00:00Z");
+        }
+    }
+
+    #[test]
+    fn a_websocket_send_may_omit_the_timestamp_in_open_conversations() {
+        let body = obj(json!({"sender": "customer", "content": "hi"}));
+        let m = build_message(&body, Kind::Open, None, 100, Via::WebSocket);
+        let m = m.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(domain::validate_timestamp(&m.timestamp).is_ok());
+        // The seed's REST API still requires it.
+        let r = build_message(&body, Kind::Open, None, 100, Via::Rest);
+        assert_eq!(code(r), Some("invalid_timestamp"));
+        let bad = obj(json!({"sender": "customer", "content": "hi", "timestamp": "soon"}));
+        let r = build_message(&bad, Kind::Open, None, 100, Via::WebSocket);
+        assert_eq!(code(r), Some("invalid_timestamp"));
+    }
+
+    #[test]
+    fn invisible_only_content_is_refused() {
+        for content in [
+            "\u{200B}",
+            "\u{200B}\u{200D}\u{FEFF}",
+            " \u{2060} ",
+            "\u{0001}",
+        ] {
+            let body = obj(
+                json!({"sender": "customer", "content": content, "timestamp": "2025-04-05T14:00:00Z"}),
+            );
+            let r = build_message(&body, Kind::Open, None, 100, Via::Rest);
+            assert_eq!(code(r), Some("invalid_content"), "{content:?}");
+        }
+    }
+
+    #[test]
+    fn the_assistant_refusal_is_a_clear_403() {
+        let e = assistant_disabled();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(e.code, "assistant_disabled");
+        assert!(e.message.contains("open conversations"));
+    }
 }

@@ -25,25 +25,45 @@ pub fn with_state(
     warp::any().map(move || state.clone())
 }
 
-/// The caller's session from `Authorization: Bearer <token>`; `None` without a valid one.
+/// `Bearer <token>` (scheme case-insensitive); `None` for any other shape.
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The caller's session from `Authorization: Bearer <token>`: `None` when the request carries
+/// no `Authorization` at all (anonymous), else the session — and a request whose credentials
+/// do not verify (unknown, expired or revoked token, or not a bearer token) is refused with
+/// 401 `invalid_token`, never served as anonymous.
 pub fn session(
     state: AppState,
 ) -> impl Filter<Extract = (Option<Session>,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(with_state(state))
         .and_then(|header: Option<String>, state: AppState| async move {
-            let Some(token) = header.as_deref().and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            }) else {
+            let Some(header) = header else {
                 return Ok::<_, Rejection>(None);
             };
-            state
+            let token = bearer(&header)
+                .ok_or_else(|| warp::reject::custom(crate::auth::invalid_token()))?;
+            match state
                 .auth
-                .session(token.trim())
+                .session(token)
                 .await
-                .map_err(warp::reject::custom)
+                .map_err(warp::reject::custom)?
+            {
+                Some(s) => Ok(Some(s)),
+                None => Err(warp::reject::custom(crate::auth::invalid_token())),
+            }
         })
+}
+
+/// The client's address (from the connection).
+fn client_addr(
+) -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<crate::server::ClientAddr>()
+        .map(|a: Option<crate::server::ClientAddr>| a.map(|c| c.0))
 }
 
 fn json_body(state: &AppState) -> impl Filter<Extract = (body::Body,), Error = Rejection> + Clone {
@@ -79,8 +99,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(s())
         .and(auth())
+        .and(client_addr())
         .and(body())
-        .then(|id, st, se, b| async move { respond(c::send(st, id, se, b).await) });
+        .then(|id, st, se, addr, b| async move { respond(c::send(st, id, se, addr, b).await) });
     let message = warp::path!("api" / "conversations" / String / "messages" / String)
         .and(warp::delete())
         .and(s())
@@ -100,8 +121,12 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let users_route = warp::path!("api" / "users").and(
         warp::post()
             .and(s())
+            .and(auth())
+            .and(client_addr())
             .and(body())
-            .then(|st, b| async move { respond(users::register(st, b).await) })
+            .then(|st, _: Option<Session>, addr, b| async move {
+                respond(users::register(st, addr, b).await)
+            })
             .or(warp::get()
                 .and(s())
                 .and(auth())
@@ -112,12 +137,12 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let sessions = warp::path!("api" / "sessions").and(
         warp::post()
             .and(s())
-            .and(
-                warp::ext::optional::<crate::server::ClientAddr>()
-                    .map(|a: Option<crate::server::ClientAddr>| a.map(|c| c.0)),
-            )
+            .and(auth())
+            .and(client_addr())
             .and(body())
-            .then(|st, addr, b| async move { respond(users::sign_in(st, addr, b).await) })
+            .then(|st, _: Option<Session>, addr, b| async move {
+                respond(users::sign_in(st, addr, b).await)
+            })
             .or(warp::delete()
                 .and(s())
                 .and(auth())
@@ -157,4 +182,26 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .or(metrics)
         .unify()
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn only_well_formed_bearer_tokens_are_read() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        for bad in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "abc",
+            "Basic dXNlcjpwdw==",
+            "Token abc",
+        ] {
+            assert_eq!(bearer(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -19,9 +19,12 @@ fn credentials(body: &Body) -> Result<(String, String), ApiError> {
 }
 
 /// `POST /api/users` → 201 `{"username"}`.
-pub async fn register(state: AppState, body: Body) -> ApiResult {
+pub async fn register(state: AppState, addr: Option<SocketAddr>, body: Body) -> ApiResult {
     let (username, password) = credentials(&body)?;
-    let name = state.auth.register(&username, &password).await?;
+    let name = state
+        .auth
+        .register(&username, &password, addr.map(|a| a.ip()))
+        .await?;
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({ "username": name }),

@@ -83,9 +83,23 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         _ => return Err(FrameError::new("invalid_frame", "A frame needs a \"type\"")),
     };
     let client_id = match obj.get("clientId") {
-        Some(Value::String(s)) if s.len() <= MAX_CLIENT_ID => Some(s.clone()),
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_CLIENT_ID => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
+        // Refused rather than dropped: an ack without the client's id would be unusable.
+        Some(Value::String(_)) => {
+            return Err(FrameError::new(
+                "invalid_frame",
+                format!("clientId must be at most {MAX_CLIENT_ID} characters"),
+            )
+            .with_ref(Some(kind)))
+        }
+        Some(_) => {
+            return Err(
+                FrameError::new("invalid_frame", "clientId must be a string or a number")
+                    .with_ref(Some(kind)),
+            )
+        }
     };
     let reference = client_id.clone().or_else(|| Some(kind.clone()));
     let conv = || -> Result<Uuid, FrameError> {
@@ -241,6 +255,40 @@ mod tests {
         );
         let e = parse(r#"{"type":"send","clientId":"c7"}"#).err();
         assert_eq!(e.and_then(|e| e.reference), Some("c7".to_string()));
+    }
+
+    #[test]
+    fn an_overlong_client_id_is_refused_not_dropped() {
+        let frame = |cid: Value| {
+            json!({"type": "send", "conversationId": C, "content": "x", "clientId": cid})
+                .to_string()
+        };
+        let ok = "é".repeat(MAX_CLIENT_ID);
+        assert!(matches!(
+            parse(&frame(ok.clone().into())),
+            Ok(ClientFrame::Send { client_id: Some(c), .. }) if c == ok
+        ));
+        let err = parse(&frame("a".repeat(MAX_CLIENT_ID + 1).into())).err();
+        assert_eq!(err.as_ref().map(|e| e.code), Some("invalid_frame"));
+        assert_eq!(
+            err.as_ref().and_then(|e| e.reference.as_deref()),
+            Some("send")
+        );
+        assert!(err.is_some_and(|e| e.message.contains("128")));
+        let err = parse(&frame(json!({"a": 1}))).err();
+        assert_eq!(err.map(|e| e.code), Some("invalid_frame"));
+        // Numbers are still accepted, and null means none.
+        assert!(matches!(
+            parse(&frame(json!(7))),
+            Ok(ClientFrame::Send { client_id: Some(c), .. }) if c == "7"
+        ));
+        assert!(matches!(
+            parse(&frame(Value::Null)),
+            Ok(ClientFrame::Send {
+                client_id: None,
+                ..
+            })
+        ));
     }
 
     proptest! {

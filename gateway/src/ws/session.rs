@@ -26,7 +26,9 @@ use uuid::Uuid;
 use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
-use crate::rest::conversations::build_message;
+use crate::rest::conversations::{
+    build_message, count_assistant_message, open_with_assistant, Via,
+};
 use crate::state::AppState;
 use crate::store::Kind;
 
@@ -81,9 +83,17 @@ struct Conn {
     subs: HashMap<Uuid, Sub>,
     expired: HashSet<Uuid>,
     sends: Arc<Semaphore>,
+    /// The client's address (per-address limits).
+    client: Option<std::net::IpAddr>,
 }
 
-pub async fn serve(ws: Socket, state: AppState, session: Option<Session>, trace: TraceContext) {
+pub async fn serve(
+    ws: Socket,
+    state: AppState,
+    session: Option<Session>,
+    trace: TraceContext,
+    client: Option<std::net::IpAddr>,
+) {
     let (tx, mut rx) = mpsc::channel(state.cfg.ws_send_queue);
     let handle = ConnHandle {
         tx,
@@ -103,6 +113,7 @@ pub async fn serve(ws: Socket, state: AppState, session: Option<Session>, trace:
         subs: HashMap::new(),
         expired: HashSet::new(),
         sends: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+        client,
     };
     if let Some(s) = &conn.session {
         let ch = keys::user_channel(&s.username);
@@ -430,8 +441,19 @@ impl Conn {
             kind,
             actor.as_deref(),
             self.state.cfg.max_message_bytes,
+            Via::WebSocket,
         )
         .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
+        if kind == Kind::Open {
+            let gate = async {
+                if open_with_assistant(&self.state, id).await? {
+                    count_assistant_message(&self.state, self.client).await?;
+                }
+                Ok::<(), crate::rest::errors::ApiError>(())
+            };
+            gate.await
+                .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
+        }
         let permit = self
             .sends
             .clone()

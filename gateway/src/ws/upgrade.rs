@@ -37,6 +37,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Reje
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<crate::server::ClientAddr>())
         .and(
             warp::query::<HashMap<String, String>>()
                 .or(warp::any().map(HashMap::new))
@@ -46,9 +47,37 @@ pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Reje
         .then(handshake)
 }
 
+/// The credentials an upgrade request carries: `?token=` and/or `Authorization: Bearer`.
+/// `Ok(None)`: none at all (anonymous). `Err`: present but not usable as a token — an empty
+/// `?token=`, an `Authorization` that is not a bearer token, or two different tokens.
+fn upgrade_token<'a>(
+    headers: &'a warp::http::HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Result<Option<&'a str>, ()> {
+    let from_query = query.get("token").map(|t| t.trim());
+    let from_header = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| ())?.trim();
+            let (scheme, token) = v.split_once(' ').ok_or(())?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(());
+            }
+            Some(token.trim())
+        }
+    };
+    match (from_query, from_header) {
+        (None, None) => Ok(None),
+        (Some(t), None) | (None, Some(t)) if !t.is_empty() => Ok(Some(t)),
+        (Some(q), Some(h)) if q == h && !q.is_empty() => Ok(Some(q)),
+        _ => Err(()),
+    }
+}
+
 async fn handshake(
     headers: warp::http::HeaderMap,
     on_upgrade: Option<OnUpgrade>,
+    client: Option<crate::server::ClientAddr>,
     query: HashMap<String, String>,
     state: AppState,
 ) -> Response {
@@ -72,18 +101,13 @@ async fn handshake(
     if state.shutdown.is_cancelled() {
         return ApiError::unavailable("The gateway is shutting down").into_response();
     }
-    let session = match query.get("token").filter(|t| !t.is_empty()) {
-        None => None,
-        Some(token) => match state.auth.session(token).await {
+    // Credentials that do not verify are refused, never taken for anonymous.
+    let session = match upgrade_token(&headers, &query) {
+        Err(()) => return crate::auth::invalid_token().into_response(),
+        Ok(None) => None,
+        Ok(Some(token)) => match state.auth.session(token).await {
             Ok(Some(s)) => Some(s),
-            Ok(None) => {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "The session token is invalid or expired",
-                )
-                .into_response()
-            }
+            Ok(None) => return crate::auth::invalid_token().into_response(),
             Err(e) => return e.into_response(),
         },
     };
@@ -121,7 +145,7 @@ async fn handshake(
                     Some(config),
                 )
                 .await;
-                super::session::serve(ws, state, session, trace).await;
+                super::session::serve(ws, state, session, trace, client.map(|c| c.0.ip())).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -135,4 +159,62 @@ async fn handshake(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn h(auth: Option<&str>) -> warp::http::HeaderMap {
+        let mut m = warp::http::HeaderMap::new();
+        if let Some(a) = auth.and_then(|a| HeaderValue::from_str(a).ok()) {
+            m.insert(header::AUTHORIZATION, a);
+        }
+        m
+    }
+
+    #[test]
+    fn only_an_upgrade_without_any_credentials_is_anonymous() {
+        assert_eq!(upgrade_token(&h(None), &q(&[])), Ok(None));
+        assert_eq!(
+            upgrade_token(&h(None), &q(&[("token", "t1")])),
+            Ok(Some("t1"))
+        );
+        assert_eq!(
+            upgrade_token(&h(Some("Bearer t1")), &q(&[])),
+            Ok(Some("t1"))
+        );
+        assert_eq!(
+            upgrade_token(&h(Some("bearer t1")), &q(&[])),
+            Ok(Some("t1"))
+        );
+        let (headers, query) = (h(Some("Bearer t1")), q(&[("token", "t1")]));
+        assert_eq!(upgrade_token(&headers, &query), Ok(Some("t1")));
+        // Present but unusable: refused (401), not anonymous.
+        for (auth, query) in [
+            (None, q(&[("token", "")])),
+            (Some("Bearer "), q(&[])),
+            (Some("Basic dXNlcjpwdw=="), q(&[])),
+            (Some("t1"), q(&[])),
+            (Some("Bearer t2"), q(&[("token", "t1")])),
+        ] {
+            assert_eq!(
+                upgrade_token(&h(auth), &query),
+                Err(()),
+                "{auth:?} {query:?}"
+            );
+        }
+        let mut bad = warp::http::HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_bytes(b"Bearer \xff") {
+            bad.insert(header::AUTHORIZATION, v);
+        }
+        assert_eq!(upgrade_token(&bad, &q(&[])), Err(()));
+    }
 }
