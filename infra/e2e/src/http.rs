@@ -31,6 +31,24 @@ impl Http {
         }
     }
 
+    /// The same client (and token), connecting from local address `ip` — any address of
+    /// 127.0.0.0/8 reaches a gateway on 127.0.0.1, which then sees a different client.
+    pub fn from_addr(&self, ip: &str) -> Self {
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .unwrap_or_else(|e| panic!("not an IP address {ip:?}: {e}"));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .local_address(ip)
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
+        Self {
+            client,
+            ..self.clone()
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

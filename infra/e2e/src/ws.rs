@@ -30,6 +30,11 @@ pub enum WsEvent {
 pub struct WsOptions {
     /// `SO_RCVBUF` for the client's socket (a small one makes a slow reader fill up sooner).
     pub recv_buffer: Option<u32>,
+    /// Extra request headers for the handshake (e.g. `Authorization`).
+    pub headers: Vec<(String, String)>,
+    /// Connect from this local address (any of 127.0.0.0/8 reaches a loopback gateway), so
+    /// the gateway sees another client address.
+    pub local_addr: Option<std::net::IpAddr>,
 }
 
 pub struct Ws {
@@ -68,10 +73,18 @@ impl Ws {
             Some(t) => format!("{base}/ws?token={t}"),
             None => format!("{base}/ws"),
         };
-        let request = url
+        let mut request = url
             .as_str()
             .into_client_request()
             .map_err(|e| (0, e.to_string()))?;
+        for (name, value) in &opts.headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| (0, e.to_string()))?;
+            let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(value)
+                .map_err(|e| (0, e.to_string()))?;
+            request.headers_mut().insert(name, value);
+        }
         let authority = base
             .trim_start_matches("ws://")
             .trim_end_matches('/')
@@ -87,6 +100,11 @@ impl Ws {
             TcpSocket::new_v6()
         }
         .map_err(|e| (0, e.to_string()))?;
+        if let Some(ip) = opts.local_addr {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(|e| (0, e.to_string()))?;
+        }
         if let Some(size) = opts.recv_buffer {
             socket
                 .set_recv_buffer_size(size)

@@ -27,6 +27,8 @@ async fn stack_with_assistant(mode: Mode, completion_workers: usize) -> (Stack, 
         ("OPENAI_BASE_URL", base.as_str()),
         ("OPENAI_API_KEY", "e2e-key"),
         ("CLAIM_IDLE_MS", "1500"),
+        // One scenario drives the assistant from an open conversation.
+        ("ASSISTANT_IN_OPEN_CONVERSATIONS", "true"),
     ];
     let mut stack = Stack::in_mode(mode, 2, 1, 0, &env).await;
     for _ in 0..completion_workers {

@@ -44,7 +44,17 @@ export function AuthPage({
     setOpenBusy(true);
     setOpenError(null);
     try {
-      const { conversationId } = await new Api().createOpenConversation(true);
+      const api = new Api();
+      // With the assistant, where the server allows it in open conversations
+      // (ASSISTANT_IN_OPEN_CONVERSATIONS); otherwise a plain open conversation.
+      const { conversationId } = await api
+        .createOpenConversation(true)
+        .catch((err: unknown) => {
+          if (err instanceof ApiError && err.code === 'assistant_disabled') {
+            return api.createOpenConversation(false);
+          }
+          throw err;
+        });
       navigate(openChatPath(conversationId));
     } catch (err) {
       setOpenError(errorText(err));
