@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod conversations;
 pub mod errors;
 pub mod health;
+pub mod openapi;
 pub mod users;
 
 use std::convert::Infallible;
@@ -71,7 +72,7 @@ fn json_body(state: &AppState) -> impl Filter<Extract = (body::Body,), Error = R
     body::body(state.cfg.max_message_bytes * 6 + 4096)
 }
 
-/// All `/api/*`, `/healthz` and `/readyz` routes.
+/// All `/api/*`, `/healthz`, `/readyz`, `/metrics` and `/openapi.json` routes.
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     use conversations as c;
     let s = || with_state(state.clone());
@@ -159,6 +160,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .then(health::metrics);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .then(openapi::document);
 
     conversations
         .or(conversation)
@@ -180,6 +184,8 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .or(readyz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(openapi)
         .unify()
         .boxed()
 }
