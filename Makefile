@@ -48,7 +48,12 @@ deps-run: check-rust
 
 deps-node:
 	@command -v node >/dev/null && command -v npm >/dev/null || { echo "!! node and npm are missing: install Node.js 20.19+ (e.g. 'sudo apt-get install nodejs npm' on a recent Debian, or from nodejs.org)"; exit 1; }
-	@[ -d $(WEB)/node_modules ] && [ $(WEB)/node_modules/.package-lock.json -nt $(WEB)/package-lock.json ] || (cd $(WEB) && npm ci --no-audit --no-fund)
+	@[ -d $(WEB)/node_modules ] && [ $(WEB)/node_modules/.package-lock.json -nt $(WEB)/package-lock.json ] || { \
+	  cd $(WEB) && for try in 1 2 3; do \
+	    npm ci --no-audit --no-fund --fetch-retries=5 && exit 0; \
+	    echo ">> npm ci failed (try $$try of 3); retrying in $$((try * 10)) s"; sleep $$((try * 10)); \
+	  done; \
+	  echo "!! npm ci failed three times: check that https://registry.npmjs.org is reachable (npm config get registry)"; exit 1; }
 
 deps-test: deps-run deps-node
 	$(call apt_install,chromium,chromium)
