@@ -19,7 +19,7 @@ APT_UPDATED := .run/.apt-updated
 VENV := .run/venv
 PY_REQS := infra/requirements-test.txt
 
-.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint rust-test web-test e2e ops-test clean
+.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint rust-test web-test e2e ops-test api-test clean
 
 help:
 	@echo "make up      run everything (Redis, gateway at http://127.0.0.1:3000/, workers)"
@@ -116,7 +116,12 @@ e2e: deps-test build web
 ops-test: deps-ops
 	VENV=$(VENV) bash infra/ops/check.sh
 
-test: deps-test fmt lint rust-test web-test e2e ops-test
+# Schemathesis (pinned, in the venv) against a live gateway + persistence worker, driven by the
+# served GET /openapi.json: no 5xx, only documented statuses, bodies match their schemas.
+api-test: deps-py deps-run build
+	VENV=$(VENV) bash infra/ops/schemathesis.sh
+
+test: deps-test fmt lint rust-test web-test e2e ops-test api-test
 	@echo "== all tests passed =="
 
 # ---------------------------------------------------------------- bench
