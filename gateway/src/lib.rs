@@ -19,6 +19,7 @@
 pub mod addr_limit;
 pub mod auth;
 pub mod bus;
+pub mod conn_limit;
 pub mod pipeline;
 pub mod rest;
 pub mod server;
@@ -37,6 +38,32 @@ use confab_shared::keys::{self, PartitionKeys};
 use confab_shared::{streams, Config};
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
+
+/// Sent with every response (`web` and API alike): no sniffing, no framing, no referrer,
+/// and a policy that lets the web client load only its own scripts, styles and images and
+/// talk only to its own origin (`connect-src 'self'` covers the WebSocket). The client has
+/// no inline script; highlight.js and React set styles through the CSSOM, which
+/// `style-src 'self'` allows.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+
+fn security_headers() -> warp::http::HeaderMap {
+    use warp::http::header::{HeaderName, HeaderValue};
+    let mut h = warp::http::HeaderMap::new();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+    ] {
+        h.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    h
+}
 
 /// Makes glibc return large freed blocks to the OS. Each argon2id hash allocates ~19 MiB;
 /// with glibc's default *dynamic* mmap threshold those blocks end up in arena heaps that are
@@ -141,17 +168,19 @@ pub async fn run(
         .unify()
         .recover(rest::errors::recover)
         .unify()
-        .with(warp::reply::with::header(
-            "x-content-type-options",
-            "nosniff",
-        ))
+        .with(warp::reply::with::headers(security_headers()))
         .map(warp::Reply::into_response)
         .boxed();
 
     let addr = listener.local_addr().ok();
     tracing::info!(gateway_id = %gateway_id, addr = ?addr, "gateway listening");
     let shutdown = cancel.clone();
-    server::serve(listener, routes, shutdown).await;
+    let limits = server::Limits {
+        header_read_timeout: cfg.header_read_timeout(),
+        per_addr: conn_limit::ConnLimit::new(cfg.max_connections_per_addr),
+        drain: cfg.request_timeout() + cfg.body_read_timeout(),
+    };
+    server::serve(listener, routes, limits, shutdown).await;
     hub.close_all(ws::session::CLOSE_GOING_AWAY);
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), state.tasks.wait())

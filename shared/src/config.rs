@@ -54,6 +54,14 @@ pub struct Config {
     pub max_messages_per_conversation: u64,
     pub event_history_len: u64,
     pub max_chat_members: usize,
+    // --- HTTP connections ---
+    /// How long a client may take to send a request's headers, from the connection's start or
+    /// the end of the previous request (covers the WebSocket handshake request too).
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a whole request body once its headers are in.
+    pub body_read_timeout_ms: u64,
+    /// Open TCP connections per client address (0 = off).
+    pub max_connections_per_addr: usize,
     // --- pipeline ---
     pub request_timeout_ms: u64,
     pub claim_idle_ms: u64,
@@ -119,6 +127,9 @@ impl Default for Config {
             max_messages_per_conversation: 10_000,
             event_history_len: 2000,
             max_chat_members: 256,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections_per_addr: 256,
             request_timeout_ms: 5000,
             claim_idle_ms: 10_000,
             max_deliveries: 5,
@@ -186,7 +197,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 18] = [
             ("CONVERSATION_TTL_SECS", self.conversation_ttl_secs),
             ("MEMBER_CHAT_TTL_SECS", self.member_chat_ttl_secs),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
@@ -197,6 +208,8 @@ impl Config {
             ("EVENT_HISTORY_LEN", self.event_history_len),
             ("MAX_CHAT_MEMBERS", self.max_chat_members as u64),
             ("REQUEST_TIMEOUT_MS", self.request_timeout_ms),
+            ("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms),
+            ("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms),
             ("CLAIM_IDLE_MS", self.claim_idle_ms),
             ("MAX_DELIVERIES", self.max_deliveries),
             ("WORKER_BATCH_SIZE", self.worker_batch_size as u64),
@@ -214,7 +227,7 @@ impl Config {
         }
         // Upper bounds keep time arithmetic (deadlines, Instant + Duration) from overflowing.
         const YEAR_SECS: u64 = 365 * 24 * 3600;
-        let bounded: [(&str, u64, u64); 8] = [
+        let bounded: [(&str, u64, u64); 10] = [
             (
                 "CONVERSATION_TTL_SECS",
                 self.conversation_ttl_secs,
@@ -228,6 +241,16 @@ impl Config {
             ("SESSION_TTL_SECS", self.session_ttl_secs, 10 * YEAR_SECS),
             ("LOGIN_WINDOW_SECS", self.login_window_secs, 7 * 24 * 3600),
             ("REQUEST_TIMEOUT_MS", self.request_timeout_ms, 3600 * 1000),
+            (
+                "HEADER_READ_TIMEOUT_MS",
+                self.header_read_timeout_ms,
+                3600 * 1000,
+            ),
+            (
+                "BODY_READ_TIMEOUT_MS",
+                self.body_read_timeout_ms,
+                3600 * 1000,
+            ),
             ("CLAIM_IDLE_MS", self.claim_idle_ms, 24 * 3600 * 1000),
             ("WS_IDLE_TIMEOUT_SECS", self.ws_idle_timeout_secs, 24 * 3600),
             ("ASSISTANT_GIVE_UP_SECS", self.assistant_give_up_secs, 3600),
@@ -345,6 +368,12 @@ impl Config {
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.request_timeout_ms)
     }
+    pub fn header_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_read_timeout_ms)
+    }
     pub fn claim_idle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.claim_idle_ms)
     }
@@ -414,6 +443,17 @@ mod tests {
     }
 
     #[test]
+    fn zero_read_timeouts_are_refused_by_name() {
+        for name in ["HEADER_READ_TIMEOUT_MS", "BODY_READ_TIMEOUT_MS"] {
+            let err = Config::from_vars(vars(&[(name, "0")])).err();
+            assert!(err
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains(name));
+        }
+    }
+
+    #[test]
     fn bad_addr_names_the_variable() {
         let err = Config::from_vars(vars(&[("GATEWAY_ADDR", "nowhere")])).err();
         assert!(err
@@ -428,6 +468,9 @@ mod tests {
         assert_eq!(c.login_max_failures, 10);
         assert_eq!(c.login_max_failures_per_addr, 100);
         assert_eq!(c.signups_per_min_per_addr, 10);
+        assert_eq!(c.max_connections_per_addr, 256);
+        assert_eq!(c.header_read_timeout_ms, 10_000);
+        assert_eq!(c.body_read_timeout_ms, 10_000);
         assert!(!c.assistant_in_open_conversations);
         assert_eq!(c.assistant_open_messages_per_min_per_addr, 10);
         let c = Config::from_vars(vars(&[

@@ -57,7 +57,19 @@ pub fn init_tracing() {
 }
 
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    // warp logs a client's odd path (`/index.html%00.js`, a backslash) at WARN; a client can
+    // do that at will, so those lines are kept off unless RUST_LOG asks for warp's logs.
+    let quiet = ["warp::filters::fs=off"];
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    if !asked.contains("warp") {
+        for directive in quiet {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    filter
 }
 
 /// Logs in `log_format` and, with an OTLP endpoint, exported spans.

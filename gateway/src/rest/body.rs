@@ -4,6 +4,8 @@
 //! answer instead of a reset connection. Content type and JSON are checked by the handler
 //! that knows whether a body is required.
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use warp::http::StatusCode;
@@ -20,19 +22,37 @@ pub struct Body {
     pub bytes: Bytes,
 }
 
-/// Extracts the body, refusing more than `limit` bytes with a 413.
-pub fn body(limit: usize) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+/// Extracts the body, refusing more than `limit` bytes with a 413, and a body that is not
+/// complete within `timeout` (`BODY_READ_TIMEOUT_MS`: promised but never finished, trickled,
+/// chunked without an end) with a 408 that closes the connection.
+pub fn body(
+    limit: usize,
+    timeout: Duration,
+) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::body::stream())
         .and_then(move |ct: Option<String>, stream| async move {
-            read(stream, limit)
-                .await
-                .map(|bytes| Body {
-                    content_type: ct,
-                    bytes,
-                })
-                .map_err(warp::reject::custom)
+            let bytes = match tokio::time::timeout(timeout, read(stream, limit)).await {
+                Ok(read) => read.map_err(warp::reject::custom)?,
+                Err(_) => return Err(warp::reject::custom(body_timeout(timeout))),
+            };
+            Ok(Body {
+                content_type: ct,
+                bytes,
+            })
         })
+}
+
+/// 408 for a body that did not arrive in time.
+pub fn body_timeout(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "The request body did not arrive within {} ms",
+            timeout.as_millis()
+        ),
+    )
 }
 
 async fn read<S, B>(stream: S, limit: usize) -> Result<Bytes, ApiError>

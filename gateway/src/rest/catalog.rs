@@ -48,9 +48,30 @@ pub fn template(path: &str) -> &'static str {
     }
 }
 
+/// The `Allow` header of a 405 for `template` (RFC 9110 §15.5.6): the methods it serves.
+pub fn allowed(template: &str) -> String {
+    if template == WEB {
+        return "GET, HEAD".into();
+    }
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, t)| *t == template)
+        .map(|(m, _)| *m)
+        .collect();
+    methods.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_lists_every_method_of_a_template() {
+        assert_eq!(allowed("/api/conversations"), "POST, GET");
+        assert_eq!(allowed("/api/sessions"), "POST, DELETE");
+        assert_eq!(allowed("/healthz"), "GET");
+        assert_eq!(allowed(WEB), "GET, HEAD");
+    }
 
     #[test]
     fn paths_map_to_their_templates() {

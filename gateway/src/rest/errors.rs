@@ -87,7 +87,15 @@ impl From<ValidationError> for ApiError {
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.status, &self.body().to_string())
+        let mut res = json_response(self.status, &self.body().to_string());
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a body that did not arrive in time is not worth waiting for.
+            res.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
 }
 
@@ -119,6 +127,12 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         e.clone()
     } else if rejection.is_not_found() {
         ApiError::not_found("No such route")
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        // Before 405: another route's method mismatch must not hide what is wrong with this
+        // one's query or headers (a repeated `?prefix=` is a 400, not a 405).
+        ApiError::bad_request("invalid_query", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request("invalid_header", e.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -140,14 +154,11 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "unsupported_media_type",
             "Send JSON with Content-Type: application/json",
         )
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::bad_request("invalid_query", e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::bad_request("invalid_header", e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
         ApiError::bad_request("missing_header", e.to_string())
     } else {
-        tracing::warn!(?rejection, "unhandled rejection");
+        // A client can cause this at will: not worth more than a debug line.
+        tracing::debug!(?rejection, "unhandled rejection");
         ApiError::bad_request("bad_request", "The request could not be understood")
     };
     Ok(err.into_response())

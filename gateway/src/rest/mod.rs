@@ -69,7 +69,10 @@ fn client_addr(
 
 fn json_body(state: &AppState) -> impl Filter<Extract = (body::Body,), Error = Rejection> + Clone {
     // Room for a maximal message escaped as JSON (up to 6 bytes per byte) plus the other fields.
-    body::body(state.cfg.max_message_bytes * 6 + 4096)
+    body::body(
+        state.cfg.max_message_bytes * 6 + 4096,
+        state.cfg.body_read_timeout(),
+    )
 }
 
 /// All `/api/*`, `/healthz`, `/readyz`, `/metrics` and `/openapi.json` routes.

@@ -388,6 +388,10 @@ async function main() {
       const page = await ctx.newPage();
       page.setDefaultTimeout(15000);
       page.on('pageerror', (err) => pageErrors.push(`${who}: ${err.message}`));
+      // The gateway's Content-Security-Policy must not block anything the client does.
+      page.on('console', (msg) => {
+        if (msg.type() === 'error' && /Content Security Policy/i.test(msg.text())) pageErrors.push(`${who}: ${msg.text()}`);
+      });
       return page;
     };
     alice = await mk('alice');
