@@ -60,7 +60,10 @@ async fn redis() -> Redis {
     };
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..400 {
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+        if let Ok(mut c) = client
+            .get_multiplexed_async_connection_with_config(&patient())
+            .await
+        {
             if redis::cmd("PING")
                 .query_async::<String>(&mut c)
                 .await
@@ -117,7 +120,7 @@ async fn stack(extra: &[(&str, &str)], roles: &[Role]) -> Stack {
     }
     let conn = redis::Client::open(redis.url.as_str())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient())
         .await
         .unwrap();
     Stack {
@@ -127,6 +130,14 @@ async fn stack(extra: &[(&str, &str)], roles: &[Role]) -> Stack {
         cancel,
         cfg,
     }
+}
+
+/// The test's own Redis connections wait as long as it takes: redis-rs' default 1 s connect
+/// and 500 ms response timeouts fail on a busy machine.
+fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(30)))
+        .set_response_timeout(Some(Duration::from_secs(30)))
 }
 
 impl Stack {

@@ -116,7 +116,11 @@ async fn exited_children_are_restarted_with_backoff() -> anyhow::Result<()> {
     let (output, captured) = Output::capture(["flaky"]);
     let sup = Supervisor::new(output, fast());
     let handle = sup.spawn(sh("flaky", "echo run; exit 3"))?;
-    let restarted = wait_until_async(Duration::from_secs(10), || handle.state().starts >= 4).await;
+    // Wait for the fourth run's output too, not only its start: it is read by another task.
+    let restarted = wait_until_async(Duration::from_secs(30), || {
+        handle.state().starts >= 4 && captured.text().matches("flaky      | run\n").count() >= 4
+    })
+    .await;
     assert!(restarted, "{:?}\n{}", handle.state(), captured.text());
     sup.shutdown().await;
     let text = captured.text();
