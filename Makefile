@@ -19,7 +19,7 @@ APT_UPDATED := .run/.apt-updated
 VENV := .run/venv
 PY_REQS := infra/requirements-test.txt
 
-.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint rust-test web-test e2e ops-test api-test clean
+.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint deny rust-test web-test e2e ops-test api-test clean
 
 help:
 	@echo "make up      run everything (Redis, gateway at http://127.0.0.1:3000/, workers)"
@@ -99,6 +99,16 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Licenses, banned or duplicated crates and sources of the Rust dependency tree (deny.toml).
+# cargo-deny is pinned (0.19.9 builds with rustc 1.88+) and installed from crates.io when
+# missing. Advisories are not checked here: they need the RustSec database from GitHub.
+CARGO_DENY_VERSION := 0.19.9
+deny: check-rust
+	@$(CARGO) deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || { \
+	  echo ">> installing cargo-deny $(CARGO_DENY_VERSION)"; \
+	  $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION); }
+	$(CARGO) deny check licenses bans sources
+
 rust-test: deps-run build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
@@ -121,7 +131,7 @@ ops-test: deps-ops
 api-test: deps-py deps-run build
 	VENV=$(VENV) bash infra/ops/schemathesis.sh
 
-test: deps-test fmt lint rust-test web-test e2e ops-test api-test
+test: deps-test fmt lint deny rust-test web-test e2e ops-test api-test
 	@echo "== all tests passed =="
 
 # ---------------------------------------------------------------- bench

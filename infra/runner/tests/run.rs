@@ -393,11 +393,15 @@ fn a_second_signal_kills_everything_at_once() -> anyhow::Result<()> {
     assert!(wait_until(Duration::from_secs(5), || runner
         .stdout()
         .contains("stopping persistence-1")));
-    // The worker ignores SIGTERM: without a second signal this would take the 10 s grace.
-    let second = Instant::now();
+    // The worker ignores SIGTERM: without a second signal the runner would wait out the
+    // 10 s grace and say so ("did not stop within"); the wait's limit only guards a hang.
     runner.signal("-INT")?;
-    let status = runner.wait(Duration::from_secs(5))?;
-    assert!(second.elapsed() < Duration::from_secs(5));
+    let status = runner.wait(Duration::from_secs(60))?;
+    assert!(
+        !runner.stdout().contains("did not stop within"),
+        "{}",
+        runner.stdout()
+    );
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(1),

@@ -1,7 +1,5 @@
 //! Streaming wire format, usage, max_tokens, pacing, lenient, aborts.
 
-use std::time::{Duration, Instant};
-
 use mock_openai::{demo_reply, MockConfig, SYSTEM_FINGERPRINT};
 use serde_json::json;
 
@@ -115,62 +113,48 @@ async fn max_tokens_cuts_with_finish_reason_length() {
     }
 }
 
-#[tokio::test]
-async fn tps_directive_paces_chunks() {
-    // Server default is unpaced; the directive slows this stream to 20/s.
-    let server = start(MockConfig::fast()).await;
-    let started = Instant::now();
-    let resp = post(&server, &body("[[mock tps=20 tokens=10]]", true)).await;
-    let (pieces, _) = read_all(resp).await;
-    let elapsed = started.elapsed();
-    let chunks = json_events(&events(&text_of(&pieces)));
-    assert_eq!(content_chunks(&chunks), 10);
-    // 10 tokens at 20/s: ~500 ms, spread over many reads (flushed per chunk).
-    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
-    assert!(
-        pieces.len() >= 8,
-        "chunks were not flushed one by one: {}",
-        pieces.len()
-    );
-    let spread = pieces.last().unwrap().at - pieces.first().unwrap().at;
-    assert!(spread >= Duration::from_millis(400), "{spread:?}");
+// Pacing itself (chunk k of a 20/s stream at exactly k × 50 ms, the configured default
+// pace, tps=0, delay_ms, 200 streams side by side) is checked on tokio's paused clock in
+// src/completion.rs; over HTTP these tests check what arrives, not when, so a busy machine
+// cannot fail them. Throughput and latency belong to `make bench`.
 
-    // And tps=0 on a paced server is as fast as possible.
+#[tokio::test]
+async fn tps_directive_streams_every_token() {
+    // Server default is unpaced; the directive paces this stream at 20/s.
+    let server = start(MockConfig::fast()).await;
+    let resp = post(&server, &body("[[mock tps=20 tokens=10]]", true)).await;
+    let (pieces, err) = read_all(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let payloads = events(&text_of(&pieces));
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let chunks = json_events(&payloads);
+    assert_eq!(content_chunks(&chunks), 10);
+    assert_eq!(content_of(&chunks), "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10");
+
+    // And tps=0 on a paced server (5/s would take a minute) streams all 300 tokens.
     let paced = start(MockConfig {
         tokens_per_sec: 5,
         ..MockConfig::default()
     })
     .await;
-    let started = Instant::now();
-    let (pieces, _) = read_all(post(&paced, &body("[[mock tps=0 tokens=300]]", true)).await).await;
+    let (pieces, err) =
+        read_all(post(&paced, &body("[[mock tps=0 tokens=300]]", true)).await).await;
+    assert!(err.is_none(), "{err:?}");
     assert_eq!(
         content_chunks(&json_events(&events(&text_of(&pieces)))),
         300
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
-async fn config_tokens_per_sec_is_the_default_pace() {
+async fn config_tokens_per_sec_server_streams_every_token() {
     let server = start(MockConfig {
         tokens_per_sec: 25,
         ..MockConfig::default()
     })
     .await;
-    let started = Instant::now();
     let (pieces, _) = read_all(post(&server, &body("[[mock tokens=10]]", true)).await).await;
     assert_eq!(content_chunks(&json_events(&events(&text_of(&pieces)))), 10);
-    // 10 tokens at 25/s = 400 ms.
-    assert!(
-        started.elapsed() >= Duration::from_millis(360),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
@@ -214,15 +198,10 @@ async fn client_disconnect_is_counted_as_abort() {
 }
 
 #[tokio::test]
-async fn delay_ms_postpones_the_first_byte() {
+async fn delay_ms_still_answers() {
     let server = start(MockConfig::fast()).await;
-    let started = Instant::now();
     let resp = post(&server, &body("[[mock delay_ms=300 tokens=2]]", true)).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(290),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(resp.status(), 200);
     let (pieces, _) = read_all(resp).await;
     assert_eq!(
         content_of(&json_events(&events(&text_of(&pieces)))),
@@ -235,16 +214,28 @@ async fn holds_200_concurrent_paced_streams() {
     let server = start(MockConfig::default()).await;
     let client = client();
     let url = format!("{}/chat/completions", server.base_url());
-    let started = Instant::now();
+    // Every stream must have started (its role chunk read) before any is read further:
+    // a server serving them one after the other could not get all 200 past the barrier.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|i| {
-            let (client, url) = (client.clone(), url.clone());
+            let (client, url, barrier) = (client.clone(), url.clone(), barrier.clone());
             tokio::spawn(async move {
+                use futures::StreamExt;
                 let b = body(&format!("stream {i} [[mock tps=50 tokens=50]]"), true);
                 let resp = client.post(url).json(&b).send().await.expect("sent");
-                let (pieces, err) = read_all(resp).await;
-                assert!(err.is_none());
-                let payloads = events(&text_of(&pieces));
+                let mut stream = resp.bytes_stream();
+                let mut raw = String::new();
+                while !raw.contains("\n\n") {
+                    let piece = stream.next().await.expect("more data").expect("no error");
+                    raw.push_str(std::str::from_utf8(&piece).expect("utf-8"));
+                }
+                barrier.wait().await;
+                while let Some(piece) = stream.next().await {
+                    let piece = piece.expect("no error");
+                    raw.push_str(std::str::from_utf8(&piece).expect("utf-8"));
+                }
+                let payloads = events(&raw);
                 assert_eq!(payloads.last().unwrap(), "[DONE]");
                 content_chunks(&json_events(&payloads))
             })
@@ -253,9 +244,6 @@ async fn holds_200_concurrent_paced_streams() {
     for t in tasks {
         assert_eq!(t.await.expect("task"), 50);
     }
-    // Each stream takes ~1 s at 50 tokens/s; all 200 run side by side.
-    let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
     let stats = wait_stats(&server, |s| s.completed == 200).await;
     assert_eq!((stats.aborted, stats.in_flight), (0, 0));
 }
@@ -299,19 +287,16 @@ async fn stamp_tokens_carry_the_send_time() {
     assert_eq!(content, rebuilt);
     assert!(!content.contains('w'));
     assert_eq!(stamps.len(), 20);
-    // Paced at 50/s: stamps increase by about 20 ms.
+    // Stamps are send times, in send order: they never decrease (the gaps depend on the
+    // machine's load, so they are not checked; the pacing is tested on a paused clock in
+    // src/completion.rs).
     for w in stamps.windows(2) {
-        assert!(w[1] > w[0] + 10_000, "{stamps:?}");
-        assert!(w[1] < w[0] + 200_000, "{stamps:?}");
+        assert!(w[0] <= w[1], "{stamps:?}");
     }
-    // Each stamp is at most its receipt time and close to it (same machine, loopback).
+    // A stamp is taken before its chunk is written, so it is never after the receipt
+    // (same machine, same clock); how long before depends on the load and is not checked.
     for (stamp, received) in &seen {
         assert!(stamp <= received, "stamp {stamp} after receipt {received}");
-        assert!(
-            received - stamp < 50_000,
-            "{}µs in flight",
-            received - stamp
-        );
     }
 }
 
