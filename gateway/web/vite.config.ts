@@ -11,7 +11,8 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': { target: gateway, changeOrigin: true },
-      '/ws': { target: gateway, ws: true, changeOrigin: true },
+      // The Host header stays the dev server's, so the gateway sees a same-origin WebSocket.
+      '/ws': { target: gateway, ws: true, changeOrigin: false },
     },
   },
   build: {

@@ -80,6 +80,9 @@ pub struct Config {
     pub gateway_addr: String,
     pub gateway_id: Option<String>,
     pub web_dir: String,
+    /// Extra origins allowed to open `/ws` (comma-separated `scheme://host[:port]`, or `*`);
+    /// the page's own origin and clients without an `Origin` are always allowed.
+    pub allowed_origins: String,
     pub session_ttl_secs: u64,
     /// Failed sign-ins per (client address, username) within `login_window_secs` (0 = off).
     pub login_max_failures: u64,
@@ -143,6 +146,7 @@ impl Default for Config {
             gateway_addr: "127.0.0.1:3000".into(),
             gateway_id: None,
             web_dir: "gateway/web/dist".into(),
+            allowed_origins: String::new(),
             session_ttl_secs: 7 * 24 * 3600,
             login_max_failures: 10,
             login_max_failures_per_addr: 100,
@@ -345,12 +349,34 @@ impl Config {
                 "EVENT_HISTORY_LEN must be at least 1000".into(),
             ));
         }
+        for origin in self.allowed_origin_list() {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin
+                        .trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                        .contains('/'));
+            if !ok {
+                return Err(ConfigError(format!(
+                    "ALLOWED_ORIGINS entries must be * or scheme://host[:port] (got {origin:?})"
+                )));
+            }
+        }
         if self.ws_rate_burst < self.ws_rate_per_sec {
             return Err(ConfigError(
                 "WS_RATE_BURST must be at least WS_RATE_PER_SEC".into(),
             ));
         }
         Ok(())
+    }
+
+    /// `ALLOWED_ORIGINS` as a list, lower-cased, without a trailing `/`.
+    pub fn allowed_origin_list(&self) -> Vec<String> {
+        self.allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect()
     }
 
     /// `METRICS_ADDR`, checked by [`Config::from_env`].
@@ -440,6 +466,28 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("WS_IDLE_TIMEOUT_SECS"));
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_listed() {
+        let c = Config::from_vars(vars(&[(
+            "ALLOWED_ORIGINS",
+            " https://Chat.Example.com/ , http://127.0.0.1:5173",
+        )]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.allowed_origin_list(),
+            ["https://chat.example.com", "http://127.0.0.1:5173"]
+        );
+        for bad in ["chat.example.com", "https://a.example/path", "ftp://x"] {
+            let err = Config::from_vars(vars(&[("ALLOWED_ORIGINS", bad)])).err();
+            assert!(
+                err.map(|e| e.to_string())
+                    .unwrap_or_default()
+                    .contains("ALLOWED_ORIGINS"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

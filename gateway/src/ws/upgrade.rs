@@ -74,6 +74,31 @@ fn upgrade_token<'a>(
     }
 }
 
+/// Whether a browser page at `Origin` may open this WebSocket: no `Origin` (curl, native
+/// clients), the page's own origin (the `Origin`'s host equals the request's `Host`), or one
+/// of `ALLOWED_ORIGINS` (`*` for any). Cross-site pages are refused, so a future cookie-based
+/// sign-in cannot be ridden by another site (cross-site WebSocket hijacking).
+pub fn origin_allowed(headers: &warp::http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if allowed.iter().any(|a| a == "*" || *a == origin) {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.trim().to_ascii_lowercase());
+    matches!((authority, host), (Some(a), Some(h)) if a == h)
+}
+
 async fn handshake(
     headers: warp::http::HeaderMap,
     on_upgrade: Option<OnUpgrade>,
@@ -100,6 +125,14 @@ async fn handshake(
     };
     if state.shutdown.is_cancelled() {
         return ApiError::unavailable("The gateway is shutting down").into_response();
+    }
+    if !origin_allowed(&headers, &state.cfg.allowed_origin_list()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "WebSockets from this page's origin are not allowed (ALLOWED_ORIGINS)",
+        )
+        .into_response();
     }
     // Credentials that do not verify are refused, never taken for anonymous.
     let session = match upgrade_token(&headers, &query) {
@@ -170,6 +203,52 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn oh(origin: Option<&str>, host: &str) -> warp::http::HeaderMap {
+        let mut m = warp::http::HeaderMap::new();
+        if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+            m.insert(header::ORIGIN, o);
+        }
+        if let Ok(h) = HeaderValue::from_str(host) {
+            m.insert(header::HOST, h);
+        }
+        m
+    }
+
+    #[test]
+    fn only_the_pages_own_origin_and_listed_ones_may_open_a_socket() {
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed(&oh(None, "chat.example.com"), &none));
+        assert!(origin_allowed(
+            &oh(Some("https://chat.example.com"), "chat.example.com"),
+            &none
+        ));
+        assert!(origin_allowed(
+            &oh(Some("http://127.0.0.1:3000"), "127.0.0.1:3000"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &oh(Some("https://evil.example"), "chat.example.com"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &oh(Some("http://127.0.0.1:5173"), "127.0.0.1:3000"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &oh(Some("null"), "chat.example.com"),
+            &none
+        ));
+        let listed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(
+            &oh(Some("https://APP.example/"), "chat.example.com"),
+            &listed
+        ));
+        assert!(origin_allowed(
+            &oh(Some("https://evil.example"), "chat.example.com"),
+            &["*".to_string()]
+        ));
     }
 
     fn h(auth: Option<&str>) -> warp::http::HeaderMap {

@@ -110,3 +110,31 @@ async fn every_response_carries_the_security_headers_and_api_answers_are_not_cac
     assert_eq!(res.status(), 200);
     assert_eq!(header(&res, "cache-control"), "no-store");
 }
+
+#[tokio::test]
+async fn websockets_from_other_sites_are_refused_unless_allowed() {
+    let stack = Stack::start(&[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let ws = stack.gw().ws_url();
+    let port = stack.gw().port();
+    let with_origin = |origin: &str| WsOptions {
+        headers: vec![("origin".into(), origin.into())],
+        ..WsOptions::default()
+    };
+    // A cross-site page: refused before the upgrade.
+    match Ws::try_connect(&ws, None, with_origin("https://evil.example")).await {
+        Err((status, body)) => {
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("origin_not_allowed"), "{body}");
+        }
+        Ok(_) => panic!("a cross-site page opened a WebSocket"),
+    }
+    // The page's own origin, a listed origin, and clients that send no Origin at all.
+    let mut own =
+        Ws::connect_with(&ws, None, with_origin(&format!("http://127.0.0.1:{port}"))).await;
+    let mut listed = Ws::connect_with(&ws, None, with_origin("https://app.example")).await;
+    let mut bare = Ws::connect(&ws, None).await;
+    let conv = stack.http().create_conversation().await;
+    for socket in [&mut own, &mut listed, &mut bare] {
+        socket.subscribe(&conv, None).await;
+    }
+}
