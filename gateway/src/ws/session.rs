@@ -39,6 +39,9 @@ pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_RATE_LIMITED: u16 = 4029;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 const MAX_SENDS_IN_FLIGHT: usize = 64;
+/// Event ids stay below 2^53, the integers Lua's doubles hold exactly: a `since` above it
+/// cannot be a real position.
+const MAX_EVENT_ID: u64 = 1 << 53;
 const SESSION_CHECK: Duration = Duration::from_secs(30);
 /// A write that cannot complete for this long means the client stopped reading (4008).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -373,6 +376,18 @@ impl Conn {
                 out.push(protocol::subscribed(id, last, false));
                 last
             }
+            Some(since) if since > MAX_EVENT_ID => {
+                // No conversation gets this far (and the scripts' numbers are doubles):
+                // resync to the real position without asking for the history.
+                let current = self
+                    .state
+                    .store
+                    .last_event_id(id)
+                    .await
+                    .map_err(unavailable)?;
+                out.push(protocol::subscribed(id, current, true));
+                current
+            }
             Some(since) => {
                 let (events, gap) = self
                     .state
@@ -391,8 +406,20 @@ impl Conn {
                         .max(newest);
                     out.push(protocol::subscribed(id, current, true));
                     current
+                } else if events.is_empty() {
+                    // Nothing after `since`: either the client is up to date, or `since` is
+                    // ahead of anything this conversation has (a stale or made-up id). The
+                    // latter must not mute the subscription: resync to the real position.
+                    let current = self
+                        .state
+                        .store
+                        .last_event_id(id)
+                        .await
+                        .map_err(unavailable)?;
+                    out.push(protocol::subscribed(id, current, since > current));
+                    current
                 } else {
-                    out.push(protocol::subscribed(id, newest.max(since), false));
+                    out.push(protocol::subscribed(id, newest, false));
                     out.extend(events.into_iter().map(|(_, e)| e));
                     newest
                 }

@@ -1305,3 +1305,36 @@ async fn a_history_overflowing_event_history_len_asks_for_a_resync() {
     assert_eq!(eids, range(oldest, total as u64));
     assert_eq!(http.messages(&conv).await.len(), total);
 }
+
+/// Issue 10, item 5: a `since` past the conversation's newest event (a stale id from another
+/// deployment, or a made-up one) used to mute the subscription for good. It now resyncs to the
+/// real position, and live events arrive.
+#[tokio::test]
+async fn since_ahead_of_the_conversation_resyncs_and_stays_live() {
+    let stack = Stack::start(&[]).await;
+    let http = stack.http();
+    let conv = http.create_conversation().await;
+    http.send_ok(&conv, "customer", "m0").await;
+    let ws_url = stack.gw().ws_url();
+    for since in [1000, u64::MAX - 1] {
+        let mut ws = Ws::connect(&ws_url, None).await;
+        let sub = ws.subscribe(&conv, Some(since)).await;
+        assert_eq!(sub["resync"], true, "since {since}: {sub}");
+        let last = sub["lastEventId"].as_u64().unwrap();
+        http.send_ok(&conv, "agent", &format!("live after {since}"))
+            .await;
+        let live = ws.expect_type("message").await;
+        assert_eq!(live["eventId"].as_u64().unwrap(), last + 1, "{live}");
+    }
+    // Up to date is still not a resync.
+    let mut ws = Ws::connect(&ws_url, None).await;
+    let now = ws.subscribe(&conv, None).await["lastEventId"]
+        .as_u64()
+        .unwrap();
+    let mut again = Ws::connect(&ws_url, None).await;
+    let sub = again.subscribe(&conv, Some(now)).await;
+    assert_eq!(
+        sub,
+        json!({"type": "subscribed", "conversationId": conv, "lastEventId": now})
+    );
+}
