@@ -38,6 +38,8 @@ pub const CLOSE_REVOKED: u16 = 4001;
 pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_RATE_LIMITED: u16 = 4029;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame over the hard limit (`WS_MAX_FRAME_BYTES` × 4, at least 1 MiB).
+pub const CLOSE_TOO_BIG: u16 = 1009;
 const MAX_SENDS_IN_FLIGHT: usize = 64;
 /// Event ids stay below 2^53, the integers Lua's doubles hold exactly: a `since` above it
 /// cannot be a real position.
@@ -152,6 +154,10 @@ pub async fn serve(
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
+                    // Over the hard frame limit: tungstenite stops reading it; say why (1009).
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                        break Some(CLOSE_TOO_BIG)
+                    }
                     None | Some(Err(_)) => break None,
                     Some(Ok(Message::Text(text))) => {
                         if !bucket.take() {
@@ -218,6 +224,7 @@ pub async fn serve(
             super::hub::CLOSE_SLOW_CONSUMER => "slow consumer: resume with since",
             CLOSE_IDLE => "idle timeout",
             CLOSE_RATE_LIMITED => "rate limited",
+            CLOSE_TOO_BIG => "frame too large",
             _ => "server shutting down",
         };
         let frame = CloseFrame {
@@ -229,6 +236,18 @@ pub async fn serve(
             sink.send(Message::Close(Some(frame))),
         )
         .await;
+        if code == CLOSE_TOO_BIG {
+            // The rest of the oversized frame is still arriving: read it away for a moment,
+            // so that closing does not reset the connection before the client reads 1009.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                for _ in 0..4096 {
+                    if stream.next().await.is_none() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
     for channel in state.hub.unregister(id) {
         state.bus.sync_later(channel);

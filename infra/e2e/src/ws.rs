@@ -137,6 +137,11 @@ impl Ws {
             .unwrap_or_else(|e| panic!("WebSocket send failed: {e}"));
     }
 
+    /// Sends a text frame, saying whether it went out (the server may close mid-frame).
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.stream.send(Message::text(text)).await.is_ok()
+    }
+
     pub async fn send_json(&mut self, v: &Value) {
         self.send_text(&v.to_string()).await;
     }

@@ -1338,3 +1338,16 @@ async fn since_ahead_of_the_conversation_resyncs_and_stays_live() {
         json!({"type": "subscribed", "conversationId": conv, "lastEventId": now})
     );
 }
+
+/// Issue 10, item 13: a frame over the hard limit (`WS_MAX_FRAME_BYTES` × 4, at least 1 MiB)
+/// closes the socket with the documented 1009, not a TCP reset.
+#[tokio::test]
+async fn a_frame_over_the_hard_limit_closes_with_1009() {
+    let stack = Stack::start(&[]).await;
+    let mut ws = Ws::connect(&stack.gw().ws_url(), None).await;
+    ws.ping().await;
+    let big = json!({"type": "ping", "pad": "x".repeat(2 << 20)}).to_string();
+    let _ = ws.try_send_text(&big).await;
+    let (code, _) = ws.wait_close(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1009));
+}
