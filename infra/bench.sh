@@ -75,6 +75,7 @@ export REDIS_URL=redis://127.0.0.1:$REDIS_PORT RUST_LOG=warn
 # Every load client comes from 127.0.0.1: per-address abuse limits would throttle the load
 # itself (fanout signs up its users; assistant drives open conversations with the assistant).
 export SIGNUPS_PER_MIN_PER_ADDR=0 LOGIN_MAX_FAILURES_PER_ADDR=0 MAX_CONNECTIONS_PER_ADDR=0
+export ANON_WRITES_PER_SEC_PER_ADDR=0
 export ASSISTANT_IN_OPEN_CONVERSATIONS=true ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR=0
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 fresh_redis() {

@@ -114,6 +114,9 @@ pub struct Config {
     /// Messages per client address per minute into open conversations with the assistant
     /// (each may wake the model; 0 = off).
     pub assistant_open_messages_per_min_per_addr: u64,
+    /// Writes without a session (creating open conversations, sending into them) per client
+    /// address per second (0 = off).
+    pub anon_writes_per_sec_per_addr: u64,
 }
 
 impl Default for Config {
@@ -174,6 +177,7 @@ impl Default for Config {
             assistant_give_up_secs: 30,
             assistant_in_open_conversations: false,
             assistant_open_messages_per_min_per_addr: 10,
+            anon_writes_per_sec_per_addr: 50,
         }
     }
 }
@@ -521,6 +525,7 @@ mod tests {
         assert_eq!(c.body_read_timeout_ms, 10_000);
         assert!(!c.assistant_in_open_conversations);
         assert_eq!(c.assistant_open_messages_per_min_per_addr, 10);
+        assert_eq!(c.anon_writes_per_sec_per_addr, 50);
         let c = Config::from_vars(vars(&[
             ("SIGNUPS_PER_MIN_PER_ADDR", "0"),
             ("LOGIN_MAX_FAILURES_PER_ADDR", "0"),

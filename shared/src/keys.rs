@@ -148,6 +148,10 @@ pub fn signup_rate(subject: &str) -> String {
 pub fn assistant_open_rate(subject: &str) -> String {
     format!("confab:assist-rate:{subject}")
 }
+/// Counter of writes without a session in the current second, per hashed address.
+pub fn anon_write_rate(subject: &str) -> String {
+    format!("confab:anon-rate:{subject}")
+}
 
 #[cfg(test)]
 mod tests {

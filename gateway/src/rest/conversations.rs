@@ -35,7 +35,12 @@ fn reply(r: crate::pipeline::RawReply) -> Response {
 }
 
 /// `POST /api/conversations`: open (no token) or member chat (signed in).
-pub async fn create(state: AppState, session: Option<Session>, body: Body) -> ApiResult {
+pub async fn create(
+    state: AppState,
+    session: Option<Session>,
+    addr: Option<std::net::SocketAddr>,
+    body: Body,
+) -> ApiResult {
     let obj = body.json_object(false)?.unwrap_or_default();
     let assistant_field = match obj.get("assistant") {
         None | Some(Value::Null) => None,
@@ -47,6 +52,9 @@ pub async fn create(state: AppState, session: Option<Session>, body: Body) -> Ap
             ))
         }
     };
+    if session.is_none() {
+        count_anonymous_write(&state, addr.map(|a| a.ip())).await?;
+    }
     let conversation_id = state.pipeline.new_conversation_id();
     let command = match session {
         None if assistant_field == Some(true) && !state.cfg.assistant_in_open_conversations => {
@@ -95,6 +103,33 @@ pub fn assistant_disabled() -> ApiError {
         "The assistant is not available in open conversations on this server: create one \
          without it, or sign in and create a member chat",
     )
+}
+
+/// Counts a write without a session from `addr`: 429 past `ANON_WRITES_PER_SEC_PER_ADDR` in
+/// the current second (a fixed one-second window in Redis, shared by every gateway).
+pub async fn count_anonymous_write(
+    state: &AppState,
+    addr: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
+    let limit = state.cfg.anon_writes_per_sec_per_addr;
+    if limit == 0 {
+        return Ok(());
+    }
+    let key = confab_shared::keys::anon_write_rate(&crate::addr_limit::addr_subject(addr));
+    if crate::addr_limit::hit(&state.store.conn(), &key, 1, limit)
+        .await
+        .map_err(|e| ApiError::internal("counting anonymous writes", e))?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "At most {limit} writes a second from one address without signing in; slow down"
+            ),
+        ))
+    }
 }
 
 /// Counts a message from `addr` into an open conversation whose assistant is on (each may wake
@@ -320,6 +355,9 @@ pub async fn send(
         // A member chat's existence is not revealed to outsiders, even by a validation error.
         Err(e) => return Err(hide_from_outsiders(&state, id, kind, actor.as_deref(), e).await),
     };
+    if session.is_none() {
+        count_anonymous_write(&state, addr.map(|a| a.ip())).await?;
+    }
     if open_with_assistant(&state, id).await? {
         count_assistant_message(&state, addr.map(|a| a.ip())).await?;
     }

@@ -27,7 +27,7 @@ use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
 use crate::rest::conversations::{
-    build_message, count_assistant_message, open_with_assistant, Via,
+    build_message, count_anonymous_write, count_assistant_message, open_with_assistant, Via,
 };
 use crate::state::AppState;
 use crate::store::Kind;
@@ -492,6 +492,9 @@ impl Conn {
         .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
         if kind == Kind::Open {
             let gate = async {
+                if self.session.is_none() {
+                    count_anonymous_write(&self.state, self.client).await?;
+                }
                 if open_with_assistant(&self.state, id).await? {
                     count_assistant_message(&self.state, self.client).await?;
                 }

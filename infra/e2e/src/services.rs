@@ -27,6 +27,9 @@ fn base_env(redis: &Redis) -> Vec<(String, String)> {
             std::env::var("CONFAB_E2E_LOG").unwrap_or_else(|_| "info".into()),
         ),
         ("NO_COLOR".into(), "1".into()),
+        // Every test client is on 127.0.0.0/8 and many tests send bursts without a session:
+        // the anonymous write rate is off unless a test sets it (authz.rs does).
+        ("ANON_WRITES_PER_SEC_PER_ADDR".into(), "0".into()),
     ]);
     if let Ok(p) = std::env::var("CONFAB_E2E_PARTITIONS") {
         env.push(("STREAM_PARTITIONS".into(), p));

@@ -512,3 +512,64 @@ async fn usernames_passwords_content_and_client_ids_are_validated() {
         assert!(!ts.starts_with("1999") && ts != TS, "client time kept: {m}");
     }
 }
+
+// ---------------------------------------------------------------- anonymous write rate
+
+/// Issue 10, item 4: writes without a session are limited per address and second
+/// (`ANON_WRITES_PER_SEC_PER_ADDR`); signed-in users and other addresses are not affected.
+#[tokio::test]
+async fn anonymous_writes_are_limited_per_address() {
+    let stack = Stack::start(&[("ANON_WRITES_PER_SEC_PER_ADDR", "1")]).await;
+    let home = stack.http();
+    let conv = home.from_addr("127.0.0.8").create_conversation().await;
+    let flood = home.from_addr("127.0.0.7");
+    // 30 at once: however slow the machine, they cannot spread over 30 one-second windows.
+    let answers = futures::future::join_all((0..30).map(|n| {
+        let (flood, conv) = (flood.clone(), conv.clone());
+        async move {
+            flood
+                .send_message(&conv, "customer", &format!("flood {n}"), TS)
+                .await
+        }
+    }))
+    .await;
+    let limited: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!limited.is_empty(), "no 429 among {answers:?}");
+    for answer in &limited {
+        assert_error(answer, 429, "rate_limited");
+    }
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 429),
+        "{answers:?}"
+    );
+    // Creating open conversations counts too.
+    let creates = futures::future::join_all((0..30).map(|_| {
+        let flood = flood.clone();
+        async move {
+            flood
+                .post("/api/conversations", &serde_json::json!({}))
+                .await
+        }
+    }))
+    .await;
+    assert!(creates.iter().any(|(s, _)| *s == 429), "{creates:?}");
+    // A signed-in user at the same address is not limited, nor is another address.
+    let member = flood.user("anonrate-alice").await;
+    for n in 0..5 {
+        assert_eq!(
+            member
+                .send_message(&conv, "customer", &format!("member {n}"), TS)
+                .await
+                .0,
+            201
+        );
+    }
+    let other = home.from_addr("127.0.0.9");
+    assert_eq!(
+        other
+            .send_message(&conv, "customer", "elsewhere", TS)
+            .await
+            .0,
+        201
+    );
+}
