@@ -105,8 +105,31 @@ pub fn assistant_disabled() -> ApiError {
     )
 }
 
+/// Counts one event for `addr` in the fixed window `key` (shared by every gateway): a 429
+/// `rate_limited` with `message` past `limit` (0 = off).
+async fn addr_rate(
+    state: &AppState,
+    key: &str,
+    window_secs: u64,
+    limit: u64,
+    message: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    if crate::addr_limit::hit(&state.store.conn(), key, window_secs, limit)
+        .await
+        .map_err(|e| ApiError::internal("counting per-address writes", e))?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            message(),
+        ))
+    }
+}
+
 /// Counts a write without a session from `addr`: 429 past `ANON_WRITES_PER_SEC_PER_ADDR` in
-/// the current second (a fixed one-second window in Redis, shared by every gateway).
+/// the current second.
 pub async fn count_anonymous_write(
     state: &AppState,
     addr: Option<std::net::IpAddr>,
@@ -116,20 +139,10 @@ pub async fn count_anonymous_write(
         return Ok(());
     }
     let key = confab_shared::keys::anon_write_rate(&crate::addr_limit::addr_subject(addr));
-    if crate::addr_limit::hit(&state.store.conn(), &key, 1, limit)
-        .await
-        .map_err(|e| ApiError::internal("counting anonymous writes", e))?
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "At most {limit} writes a second from one address without signing in; slow down"
-            ),
-        ))
-    }
+    addr_rate(state, &key, 1, limit, || {
+        format!("At most {limit} writes a second from one address without signing in; slow down")
+    })
+    .await
 }
 
 /// Counts a message from `addr` into an open conversation whose assistant is on (each may wake
@@ -140,22 +153,13 @@ pub async fn count_assistant_message(
 ) -> Result<(), ApiError> {
     let limit = state.cfg.assistant_open_messages_per_min_per_addr;
     let key = confab_shared::keys::assistant_open_rate(&crate::addr_limit::addr_subject(addr));
-    let conn = state.store.conn();
-    if crate::addr_limit::hit(&conn, &key, 60, limit)
-        .await
-        .map_err(|e| ApiError::internal("counting assistant messages", e))?
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "The assistant answers at most {limit} messages a minute from one address in \
-                 open conversations; try again shortly"
-            ),
-        ))
-    }
+    addr_rate(state, &key, 60, limit, || {
+        format!(
+            "The assistant answers at most {limit} messages a minute from one address in \
+             open conversations; try again shortly"
+        )
+    })
+    .await
 }
 
 /// Whether `id` is an open conversation with the assistant on.

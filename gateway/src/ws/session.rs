@@ -384,64 +384,39 @@ impl Conn {
         self.state.hub.join(&ch, self.id, self.handle.clone());
         self.state.bus.sync(ch).await.map_err(unavailable)?;
         let mut out = Vec::new();
-        let last = match since {
-            None => {
-                let last = self
-                    .state
+        // A `since` past 2^53 cannot be a real position (and the scripts' numbers are
+        // doubles): it resyncs without asking for the history.
+        let replay = match since {
+            Some(s) if s <= MAX_EVENT_ID => Some(
+                self.state
                     .store
-                    .last_event_id(id)
+                    .history(id, s, self.replay_max())
                     .await
-                    .map_err(unavailable)?;
-                out.push(protocol::subscribed(id, last, false));
-                last
+                    .map_err(unavailable)?,
+            ),
+            _ => None,
+        };
+        let last = match replay {
+            Some((events, false)) if !events.is_empty() => {
+                let newest = events.last().map_or(0, |(e, _)| *e);
+                out.push(protocol::subscribed(id, newest, false));
+                out.extend(events.into_iter().map(|(_, e)| e));
+                newest
             }
-            Some(since) if since > MAX_EVENT_ID => {
-                // No conversation gets this far (and the scripts' numbers are doubles):
-                // resync to the real position without asking for the history.
+            replay => {
                 let current = self
                     .state
                     .store
                     .last_event_id(id)
                     .await
                     .map_err(unavailable)?;
-                out.push(protocol::subscribed(id, current, true));
+                // Resync when the history after `since` was trimmed (a gap), or `since` is
+                // ahead of anything this conversation has (a stale or made-up id), which must
+                // not mute the subscription.
+                let resync = since
+                    .is_some_and(|s| s > current || replay.as_ref().is_none_or(|(_, gap)| *gap));
+                out.push(protocol::subscribed(id, current, resync));
                 current
-            }
-            Some(since) => {
-                let (events, gap) = self
-                    .state
-                    .store
-                    .history(id, since, self.replay_max())
-                    .await
-                    .map_err(unavailable)?;
-                let newest = events.last().map(|(e, _)| *e).unwrap_or(since);
-                if gap {
-                    let current = self
-                        .state
-                        .store
-                        .last_event_id(id)
-                        .await
-                        .map_err(unavailable)?
-                        .max(newest);
-                    out.push(protocol::subscribed(id, current, true));
-                    current
-                } else if events.is_empty() {
-                    // Nothing after `since`: either the client is up to date, or `since` is
-                    // ahead of anything this conversation has (a stale or made-up id). The
-                    // latter must not mute the subscription: resync to the real position.
-                    let current = self
-                        .state
-                        .store
-                        .last_event_id(id)
-                        .await
-                        .map_err(unavailable)?;
-                    out.push(protocol::subscribed(id, current, since > current));
-                    current
-                } else {
-                    out.push(protocol::subscribed(id, newest, false));
-                    out.extend(events.into_iter().map(|(_, e)| e));
-                    newest
-                }
             }
         };
         self.subs.insert(
