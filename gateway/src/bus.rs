@@ -65,6 +65,7 @@ impl Bus {
             cancel.clone(),
         ));
         let subscriptions = Subscriptions {
+            generation: conn.generation(),
             conn,
             reply_channel,
             subscribed: HashSet::new(),
@@ -114,6 +115,8 @@ fn closed() -> redis::RedisError {
 /// The one owner of the Pub/Sub connection and of what it is subscribed to.
 struct Subscriptions {
     conn: Conn,
+    /// The connection's [`Conn::generation`] when its subscriptions were last made.
+    generation: u64,
     reply_channel: String,
     subscribed: HashSet<String>,
     hub: Arc<Hub>,
@@ -181,6 +184,14 @@ impl Subscriptions {
             .query_async::<Value>(&mut self.conn)
             .await
             .is_ok();
+        let generation = self.conn.generation();
+        if generation != self.generation {
+            // A wedged cluster connection was replaced: the new one has no subscriptions.
+            tracing::warn!("Pub/Sub connection was replaced; subscribing again");
+            self.generation = generation;
+            self.subscribed.clear();
+            self.down.store(true, Ordering::Relaxed);
+        }
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
             if ok {
                 tracing::info!("Pub/Sub connection is back");

@@ -5,8 +5,9 @@
 //! pipeline works unchanged on both. What differs is kept here:
 //!
 //! - **Shared connections** ([`Redis::connect`]): a standalone `ConnectionManager` or a
-//!   cluster-async `ClusterConnection`, multiplexed and auto-reconnecting; the short commands
-//!   of a whole process share one.
+//!   cluster-async connection, multiplexed and auto-reconnecting, wrapped in a
+//!   [`ClusterConn`] that replaces it when it wedges; the short commands of a whole process
+//!   share one.
 //! - **Blocking reads** ([`Redis::dedicated`]): a blocking `XREAD`/`XREADGROUP` holds its
 //!   connection (and, on a cluster, the node connection behind it), so each reader gets its own.
 //! - **Pub/Sub**: classic `PUBLISH`/`SUBSCRIBE` standalone, sharded `SPUBLISH`/`SSUBSCRIBE` on
@@ -20,10 +21,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::cluster::ClusterConn;
 use crate::config::{redact_url, Config};
 
 /// How to reach Redis: one server, or the seed nodes of a cluster.
@@ -89,7 +90,7 @@ impl Redis {
     pub async fn connect(&self, response_timeout: Duration) -> RedisResult<Conn> {
         if self.cluster {
             let client: ClusterClient = self.cluster_builder(response_timeout).build()?;
-            return Ok(Conn::Cluster(client.get_async_connection().await?));
+            return Ok(Conn::Cluster(ClusterConn::connect(client).await?));
         }
         let client = redis::Client::open(self.first_url())?;
         let config = ConnectionManagerConfig::new()
@@ -138,7 +139,7 @@ impl Redis {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(push)
                 .build()?;
-            return Ok(Conn::Cluster(client.get_async_connection().await?));
+            return Ok(Conn::Cluster(ClusterConn::connect(client).await?));
         }
         let url = self.first_url();
         let url = if url.contains('?') {
@@ -162,12 +163,21 @@ impl Redis {
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// Changes when the connection was replaced (cluster only, see [`ClusterConn`]): its
+    /// subscriptions are gone and must be made again.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Single(_) => 0,
+            Conn::Cluster(c) => c.generation(),
+        }
     }
 
     /// `PUBLISH channel payload`, or `SPUBLISH` on a cluster.

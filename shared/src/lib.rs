@@ -13,6 +13,7 @@
 //! - [`keys`]: every Redis key, stream and channel name.
 //! - [`layout`]: the `STREAM_PARTITIONS` a deployment runs, and changing it safely.
 //! - [`db`]: connections to standalone Redis or a Redis Cluster, Pub/Sub flavour, multi-slot work.
+//! - [`cluster`]: the cluster connection that replaces itself when a failover wedges it.
 //! - [`streams`]: the consumer-group runner (read, reclaim, dead-letter, ack, trim).
 //! - [`metrics`]: every Prometheus family, and the sampler of stream lag and ownership.
 //! - [`trace`]: W3C `traceparent`, and the metadata line before every published event.
@@ -27,6 +28,7 @@
 //!                     │                   commit (fenced): offset, trim, jobs ─▶ confab:jobs:{p} ─▶ completion
 //! ```
 
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -224,3 +224,63 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     );
     assert!(eids.windows(2).all(|w| w[0] < w[1]), "eventIds in order");
 }
+
+/// A shared cluster connection whose command times out builds a new connection from the
+/// seed nodes (the cure for redis-rs wedging during a failover, `confab_shared::cluster`);
+/// once the cluster answers again, the same connection works without being recreated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_cluster_connection_is_replaced_and_keeps_working() {
+    let mut redis = Redis::cluster().await;
+    let seeds: Vec<String> = redis.nodes.iter().map(Node::url).collect();
+    let shared = confab_shared::db::Redis::new(&seeds.join(","), true);
+    let mut conn = shared.connect(Duration::from_millis(500)).await.unwrap();
+    let key = "confab:test:{rebuild}";
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(conn.generation(), 0);
+
+    // The key's primary stops answering: the command times out and a rebuild starts.
+    let victim = redis.primary_of(key).await;
+    redis.nodes[victim].process().signal(libc::SIGSTOP);
+    let timed_out = redis::cmd("SET")
+        .arg(key)
+        .arg("2")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect_err("a stopped primary cannot answer");
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    eventually_true(
+        "the connection is replaced",
+        Duration::from_secs(60),
+        async || conn.generation() >= 1,
+    )
+    .await;
+
+    // The node comes back (failed over to its replica, or still primary): same handle works.
+    redis.nodes[victim].process().signal(libc::SIGCONT);
+    redis.wait_cluster_ok(Duration::from_secs(60)).await;
+    let mut probe = conn.clone();
+    eventually_true(
+        "writes go through the replaced connection",
+        Duration::from_secs(60),
+        async || {
+            redis::cmd("SET")
+                .arg(key)
+                .arg("3")
+                .query_async::<()>(&mut probe)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let value: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, "3");
+}

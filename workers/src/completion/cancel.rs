@@ -3,8 +3,9 @@
 //! conversations it is answering: it subscribes before taking the answer lease — so no
 //! cancel can fall between the two — and unsubscribes when it is done.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use confab_shared::db::Redis;
 use confab_shared::keys;
@@ -65,14 +66,33 @@ async fn serve(
     active: Active,
     stop: CancellationToken,
 ) {
+    // What is subscribed, to subscribe again if a wedged cluster connection is replaced.
+    let mut subscribed: HashSet<Uuid> = HashSet::new();
+    let mut generation = conn.generation();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = check.tick() => {
+                if conn.generation() != generation {
+                    generation = conn.generation();
+                    for id in &subscribed {
+                        if let Err(e) = conn.subscribe(&keys::cancel_channel(id)).await {
+                            tracing::warn!(error = %e, "subscribing to cancels again failed");
+                        }
+                    }
+                }
+            }
             r = requests.recv() => match r {
                 Some(Request::Subscribe(id, done)) => {
-                    let _ = done.send(conn.subscribe(&keys::cancel_channel(&id)).await);
+                    let result = conn.subscribe(&keys::cancel_channel(&id)).await;
+                    if result.is_ok() {
+                        subscribed.insert(id);
+                    }
+                    let _ = done.send(result);
                 }
                 Some(Request::Unsubscribe(id)) => {
+                    subscribed.remove(&id);
                     if let Err(e) = conn.unsubscribe(&keys::cancel_channel(&id)).await {
                         tracing::debug!(error = %e, "unsubscribing from cancels failed");
                     }
