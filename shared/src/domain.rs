@@ -303,12 +303,25 @@ mod tests {
     /// Each would be stored as `\u00XX`, six bytes for one (issue 10 item 4).
     #[test]
     fn c0_control_characters_but_tab_and_line_breaks_are_refused() {
-        for content in ["a\u{0001}", "\u{0000}x", "x\u{001B}[31m", "\u{007}bell", "a\u{1F}"] {
+        for content in [
+            "a\u{0001}",
+            "\u{0000}x",
+            "x\u{001B}[31m",
+            "\u{007}bell",
+            "a\u{1F}",
+        ] {
             let err = validate_content(content, 100);
             assert_eq!(err, Err(ValidationError::ControlCharacter), "{content:?}");
             assert_eq!(ValidationError::ControlCharacter.code(), "invalid_content");
         }
-        for content in ["a\tb", "line\nline", "crlf\r\n", "\u{7F}a", "\u{85}a", "a\"b\\"] {
+        for content in [
+            "a\tb",
+            "line\nline",
+            "crlf\r\n",
+            "\u{7F}a",
+            "\u{85}a",
+            "a\"b\\",
+        ] {
             assert_eq!(validate_content(content, 100), Ok(()), "{content:?}");
         }
         // Too large is still reported first (413), whatever the content holds.

@@ -281,7 +281,10 @@ async fn the_stored_bytes_of_a_conversation_are_bounded_and_deletes_free_them() 
     // send.lua counts the same way.
     let second = send(cid, &"b".repeat(1000));
     let two = stored(&second);
-    let fast = f.fast(&c, &f.e(3, 0), None, &second).await.expect("applied");
+    let fast = f
+        .fast(&c, &f.e(3, 0), None, &second)
+        .await
+        .expect("applied");
     assert_eq!(fast.outcome, Outcome::Applied);
     assert_eq!(f.meta(cid, "bytes").await, Some((one + two).to_string()));
     // A third of that size passes 3000: send.lua declines, apply.lua refuses, nothing stored.
