@@ -228,3 +228,61 @@ async fn eight_concurrent_gets_of_a_large_conversation_stay_within_64_mib() {
         growth / MIB
     );
 }
+
+/// Streamed in pieces of one message each (`RESPONSE_CHUNK_BYTES=1`), the answer is the same:
+/// every message once, in send order, none that was deleted, the member chat's head fields and
+/// the `lastEventId` the messages stop at — and a member chat's messages are never sent to an
+/// outsider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_streamed_one_message_at_a_time_is_the_same_answer() {
+    let stack = Stack::start(&[("RESPONSE_CHUNK_BYTES", "1")]).await;
+    let http = stack.http();
+    let conv = http.create_conversation().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(http.send_ok(&conv, "agent", &format!("m{i} \"q\"")).await);
+    }
+    let (status, _) = http.delete_message(&conv, &ids[2]).await;
+    assert_eq!(status, 200);
+    let (status, body) = http.conversation(&conv).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(keys_of(&body), ["conversationId", "messages"]);
+    let got: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, id)| id.as_str())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(body["messages"][4]["content"], "m5 \"q\"");
+    // An empty conversation: an empty list.
+    let empty = http.create_conversation().await;
+    assert!(http.messages(&empty).await.is_empty());
+
+    let alice = http.user("alice").await;
+    let bob = http.user("bob").await;
+    let chat = alice.create_chat("big talk", &["bob"], false).await;
+    alice.say(&chat, "one").await;
+    bob.say(&chat, "two").await;
+    let (status, body) = bob.get(&format!("/api/conversations/{chat}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["title"], "big talk");
+    assert_eq!(body["members"], json!(["alice", "bob"]));
+    assert_eq!(body["lastEventId"], 2);
+    let contents: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["one", "two"]);
+    let carol = http.user("carol").await;
+    let answer = carol.get(&format!("/api/conversations/{chat}")).await;
+    assert_error(&answer, 404, "not_found");
+}
