@@ -25,6 +25,7 @@ pub mod rest;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod streamed;
 pub mod web;
 pub mod ws;
 

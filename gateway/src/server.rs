@@ -134,12 +134,13 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
-/// One request: its client address, trace context, span and metrics.
+/// One request: its client address, trace context, span and metrics; a streamed body
+/// ([`crate::streamed`]) takes the place of warp's.
 async fn handle<S>(
     mut service: S,
     addr: SocketAddr,
     mut req: Request<Incoming>,
-) -> Result<Response, Infallible>
+) -> Result<warp::http::Response<crate::streamed::HttpBody>, Infallible>
 where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
 {
@@ -187,5 +188,5 @@ where
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    Ok(response)
+    Ok(crate::streamed::into_http(response))
 }

@@ -1,6 +1,7 @@
 //! Reads straight from Redis (writes go through the command pipeline).
 //!
-//! - [`Store::fetch`]: a conversation and its messages in two round trips.
+//! - [`Store::head`] and [`Store::message_pages`]: a conversation for `GET`, its messages
+//!   read and sent page by page (each page at most `RESPONSE_CHUNK_BYTES`, or one message).
 //! - [`Store::kind`]: open or member chat — immutable once created, so cached (bounded).
 //! - [`Store::summaries`]: a user's chat list, newest activity first.
 //! - [`Store::history`]: a conversation's stored events after an eventId, for WebSocket resume.
@@ -21,6 +22,19 @@ const KIND_CACHE_MAX: usize = 100_000;
 /// History entries read per round trip of a resume.
 const HISTORY_PAGE: usize = 256;
 
+/// The most messages one page of [`Store::message_pages`] looks at.
+const MESSAGE_PAGE_MAX: usize = 1000;
+
+/// `ARGV[1]` of messages.lua: messages with `after < eventId <= upto`, at most `budget` bytes
+/// (or one message) and `count` messages.
+#[derive(Serialize)]
+struct PageRequest {
+    after: String,
+    upto: String,
+    budget: usize,
+    count: usize,
+}
+
 /// `ARGV[1]` of history.lua.
 #[derive(Serialize)]
 struct HistoryRequest {
@@ -38,27 +52,31 @@ pub enum Kind {
     Member,
 }
 
-/// A conversation as `fetch.lua` returns it; messages are raw stored JSON.
+/// A conversation without its messages, as [`Store::head`] reads it: what the REST body says
+/// before the messages, which [`Store::message_pages`] streams after it.
 #[derive(Debug)]
-pub struct Conversation {
+pub struct ConversationHead {
     pub id: Uuid,
     pub kind: Kind,
     pub title: String,
     pub assistant: bool,
+    /// The newest eventId when the head was read: the body holds the messages up to it, and
+    /// a member chat's client resumes from it.
     pub last_event_id: u64,
     pub created_ms: u64,
     pub last_ms: u64,
     pub members: Vec<String>,
-    pub messages: Vec<String>,
 }
 
-impl Conversation {
-    /// The REST body: exactly the seed's shape for open conversations; member chats add
-    /// their title, members, assistant flag and the eventId to resume from.
-    pub fn to_json(&self) -> String {
-        let mut out =
-            String::with_capacity(64 + self.messages.iter().map(|m| m.len() + 1).sum::<usize>());
-        out.push_str(&format!(r#"{{"conversationId":"{}","#, self.id));
+/// What closes the REST body after the last message.
+pub const BODY_END: &[u8] = b"]}";
+
+impl ConversationHead {
+    /// The REST body up to the messages: exactly the seed's shape for open conversations
+    /// (`{"conversationId":…,"messages":[` … `]}`); member chats add their title, members,
+    /// assistant flag and the eventId to resume from.
+    pub fn json_prefix(&self) -> String {
+        let mut out = format!(r#"{{"conversationId":"{}","#, self.id);
         if self.kind == Kind::Member {
             out.push_str(&format!(
                 r#""title":{},"members":{},"assistant":{},"lastEventId":{},"#,
@@ -69,8 +87,6 @@ impl Conversation {
             ));
         }
         out.push_str(r#""messages":["#);
-        out.push_str(&self.messages.join(","));
-        out.push_str("]}");
         out
     }
 }
@@ -79,6 +95,7 @@ impl Conversation {
 pub struct Store {
     conn: Conn,
     history: Arc<Lua>,
+    messages: Arc<Lua>,
     kinds: Arc<Mutex<HashMap<Uuid, (Kind, bool)>>>,
 }
 
@@ -87,6 +104,7 @@ impl Store {
         Self {
             conn,
             history: Arc::new(Lua::new(include_str!("lua/history.lua"))),
+            messages: Arc::new(Lua::new(include_str!("lua/messages.lua"))),
             kinds: Arc::default(),
         }
     }
@@ -96,16 +114,14 @@ impl Store {
     }
 
     /// `None` when the conversation does not exist, is past its inactivity deadline (cleanup
-    /// deletes it shortly), or is a member chat `actor` may not see.
-    ///
-    /// Plain commands in the conversation's slot, no script: a script would copy every
-    /// message into Lua and back, three times the Redis CPU for a long chat. The message
-    /// order and every message are read together (`ZRANGE` + `HGETALL`, one round trip) and
-    /// matched here. A chat known to be a member chat is checked first, so a non-member's
-    /// request never reads its messages.
-    pub async fn fetch(&self, id: Uuid, actor: Option<&str>) -> RedisResult<Option<Conversation>> {
+    /// deletes it shortly), or is a member chat `actor` may not see. One round trip, no
+    /// message read: those follow with [`Store::message_pages`].
+    pub async fn head(
+        &self,
+        id: Uuid,
+        actor: Option<&str>,
+    ) -> RedisResult<Option<ConversationHead>> {
         let mut conn = self.conn.clone();
-        let known_member = self.cached_kind(id) == Some(Kind::Member);
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
             .arg(keys::conv_meta(&id))
@@ -121,25 +137,7 @@ impl Store {
             .cmd("SMEMBERS")
             .arg(keys::conv_members(&id))
             .cmd("TIME");
-        if !known_member {
-            pipe.cmd("ZRANGE")
-                .arg(keys::conv_order(&id))
-                .arg(0)
-                .arg(-1)
-                .cmd("HGETALL")
-                .arg(keys::conv_msgs(&id));
-        }
-        let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
-        let body: Option<(Vec<String>, HashMap<String, String>)> = if known_member {
-            None
-        } else {
-            let msgs = values.pop().unwrap_or(Value::Nil);
-            let order = values.pop().unwrap_or(Value::Nil);
-            Some((
-                redis::from_redis_value(order)?,
-                redis::from_redis_value(msgs)?,
-            ))
-        };
+        let values: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut head = values.into_iter();
         let meta: Vec<Option<String>> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
         let members: Vec<String> = redis::from_redis_value(head.next().unwrap_or(Value::Nil))?;
@@ -163,29 +161,13 @@ impl Store {
         if kind == Kind::Member && !actor.is_some_and(|a| members.iter().any(|m| m == a)) {
             return Ok(None);
         }
-        let (order, mut stored) = match body {
-            Some(b) => b,
-            None => {
-                redis::pipe()
-                    .cmd("ZRANGE")
-                    .arg(keys::conv_order(&id))
-                    .arg(0)
-                    .arg(-1)
-                    .cmd("HGETALL")
-                    .arg(keys::conv_msgs(&id))
-                    .query_async(&mut conn)
-                    .await?
-            }
-        };
-        // In send order; one deleted between the two reads is simply not there.
-        let messages: Vec<String> = order.iter().filter_map(|mid| stored.remove(mid)).collect();
         let mut members = if kind == Kind::Member {
             members
         } else {
             Vec::new()
         };
         members.sort();
-        Ok(Some(Conversation {
+        Ok(Some(ConversationHead {
             id,
             kind,
             title: field(1).unwrap_or_default(),
@@ -194,12 +176,89 @@ impl Store {
             created_ms: num(4),
             last_ms: num(5),
             members,
-            messages,
         }))
     }
 
-    fn cached_kind(&self, id: Uuid) -> Option<Kind> {
-        self.cached(id).map(|(k, _)| k)
+    /// The messages of conversation `id` up to eventId `upto`, in send order, as the rest of
+    /// the REST body after [`ConversationHead::json_prefix`]: comma-separated stored JSON,
+    /// then [`BODY_END`]. Read one page (messages.lua: at most `budget` bytes, or one message)
+    /// per item, and the next only when the item was taken — so a streamed response holds
+    /// about one page, whatever the conversation's size. A Redis error ends the stream with it.
+    pub fn message_pages(
+        &self,
+        id: Uuid,
+        upto: u64,
+        budget: usize,
+    ) -> impl futures::Stream<Item = RedisResult<bytes::Bytes>> + Send + 'static {
+        struct Cursor {
+            conn: Conn,
+            script: Arc<Lua>,
+            keys: [String; 2],
+            after: u64,
+            upto: u64,
+            budget: usize,
+            first: bool,
+            done: bool,
+        }
+        let cursor = Cursor {
+            conn: self.conn.clone(),
+            script: self.messages.clone(),
+            keys: [keys::conv_order(&id), keys::conv_msgs(&id)],
+            after: 0,
+            upto,
+            budget: budget.max(1),
+            first: true,
+            done: false,
+        };
+        futures::stream::unfold(cursor, |mut c| async move {
+            if c.done {
+                return None;
+            }
+            let request = PageRequest {
+                after: c.after.to_string(),
+                upto: c.upto.to_string(),
+                budget: c.budget,
+                count: MESSAGE_PAGE_MAX,
+            };
+            let page: Value = match c.script.run_raw(&mut c.conn, &c.keys, &request).await {
+                Ok(v) => v,
+                Err(e) => {
+                    c.done = true;
+                    return Some((Err(e), c));
+                }
+            };
+            let items = match page {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            };
+            let mut items = items.into_iter();
+            let next = items
+                .next()
+                .and_then(|v| redis::from_redis_value_ref::<u64>(&v).ok())
+                .unwrap_or(0);
+            let bodies: Vec<Vec<u8>> = items
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            let mut chunk =
+                Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum::<usize>() + 2);
+            for body in bodies {
+                if !c.first {
+                    chunk.push(b',');
+                }
+                c.first = false;
+                chunk.extend_from_slice(&body);
+            }
+            if next > c.after {
+                c.after = next;
+            } else {
+                c.done = true;
+                chunk.extend_from_slice(BODY_END);
+            }
+            Some((Ok(bytes::Bytes::from(chunk)), c))
+        })
     }
 
     fn cached(&self, id: Uuid) -> Option<(Kind, bool)> {

@@ -52,6 +52,8 @@ pub struct Config {
     pub member_chat_ttl_secs: u64,
     pub max_message_bytes: usize,
     pub max_messages_per_conversation: u64,
+    /// The most bytes of stored messages (their JSON) one conversation holds (0 = off).
+    pub max_conversation_bytes: u64,
     pub event_history_len: u64,
     pub max_chat_members: usize,
     // --- HTTP connections ---
@@ -92,6 +94,9 @@ pub struct Config {
     /// Sign-ups per client address per minute (0 = off).
     pub signups_per_min_per_addr: u64,
     pub ws_max_frame_bytes: usize,
+    /// How much of a streamed response (`GET /api/conversations/:id`) the gateway builds at
+    /// once: messages are read from Redis and sent in pieces of about this size.
+    pub response_chunk_bytes: usize,
     pub ws_send_queue: usize,
     pub ws_max_subscriptions: usize,
     pub ws_idle_timeout_secs: u64,
@@ -131,6 +136,7 @@ impl Default for Config {
             member_chat_ttl_secs: 7 * 24 * 3600,
             max_message_bytes: 16 * 1024,
             max_messages_per_conversation: 10_000,
+            max_conversation_bytes: 64 << 20,
             event_history_len: 2000,
             max_chat_members: 256,
             header_read_timeout_ms: 10_000,
@@ -156,6 +162,7 @@ impl Default for Config {
             login_window_secs: 300,
             signups_per_min_per_addr: 10,
             ws_max_frame_bytes: 64 * 1024,
+            response_chunk_bytes: 256 * 1024,
             ws_send_queue: 1024,
             ws_max_subscriptions: 256,
             ws_idle_timeout_secs: 60,
@@ -205,7 +212,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 18] = [
+        let positive: [(&str, u64); 19] = [
             ("CONVERSATION_TTL_SECS", self.conversation_ttl_secs),
             ("MEMBER_CHAT_TTL_SECS", self.member_chat_ttl_secs),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
@@ -226,6 +233,7 @@ impl Config {
             ("LOGIN_WINDOW_SECS", self.login_window_secs),
             ("WS_SEND_QUEUE", self.ws_send_queue as u64),
             ("WS_MAX_FRAME_BYTES", self.ws_max_frame_bytes as u64),
+            ("RESPONSE_CHUNK_BYTES", self.response_chunk_bytes as u64),
             ("COMPLETION_CONCURRENCY", self.completion_concurrency as u64),
         ];
         for (name, value) in positive {
@@ -444,6 +452,16 @@ mod tests {
         assert_eq!(c.gateway_socket_addr().port(), 3000);
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.max_message_bytes, 16384);
+        assert_eq!(c.max_conversation_bytes, 64 << 20);
+        assert_eq!(c.response_chunk_bytes, 256 << 10);
+        let c = Config::from_vars(vars(&[("MAX_CONVERSATION_BYTES", "0")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.max_conversation_bytes, 0, "0 turns the bound off");
+        let err = Config::from_vars(vars(&[("RESPONSE_CHUNK_BYTES", "0")])).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("RESPONSE_CHUNK_BYTES"));
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum ValidationError {
     ContentNotString,
     #[error("content must not be empty or only whitespace and invisible characters")]
     EmptyContent,
+    #[error(
+        "content must not contain control characters (U+0000-U+001F) other than tab, line feed \
+         and carriage return"
+    )]
+    ControlCharacter,
     #[error("content is {size} bytes; the limit is {limit}")]
     ContentTooLarge { size: usize, limit: usize },
     #[error("timestamp is required")]
@@ -62,7 +67,10 @@ impl ValidationError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidSender => "invalid_sender",
-            Self::MissingContent | Self::ContentNotString | Self::EmptyContent => "invalid_content",
+            Self::MissingContent
+            | Self::ContentNotString
+            | Self::EmptyContent
+            | Self::ControlCharacter => "invalid_content",
             Self::ContentTooLarge { .. } => "content_too_large",
             Self::MissingTimestamp | Self::InvalidTimestamp => "invalid_timestamp",
             Self::InvalidUsername => "invalid_username",
@@ -114,7 +122,16 @@ pub fn is_invisible(c: char) -> bool {
         )
 }
 
-/// Content: a string of at most `limit` bytes with at least one visible character.
+/// The C0 control characters a message may not hold: all of U+0000–U+001F but tab, line
+/// feed and carriage return. JSON escapes each as `\u00XX`, six stored bytes for one byte of
+/// content; refusing them keeps what a message stores within twice its size (a `"` or `\`
+/// still takes two).
+pub fn is_refused_control(c: char) -> bool {
+    c < '\u{20}' && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Content: a string of at most `limit` bytes with at least one visible character and no
+/// [refused control character](is_refused_control).
 pub fn validate_content(content: &str, limit: usize) -> Result<(), ValidationError> {
     if content.len() <= limit && content.chars().all(is_invisible) {
         return Err(ValidationError::EmptyContent);
@@ -124,6 +141,9 @@ pub fn validate_content(content: &str, limit: usize) -> Result<(), ValidationErr
             size: content.len(),
             limit,
         });
+    }
+    if content.chars().any(is_refused_control) {
+        return Err(ValidationError::ControlCharacter);
     }
     Ok(())
 }
@@ -276,6 +296,37 @@ mod tests {
         // An oversized invisible body is still reported as too large (413).
         assert!(matches!(
             validate_content(&"\u{200B}".repeat(10), 5),
+            Err(ValidationError::ContentTooLarge { .. })
+        ));
+    }
+
+    /// Each would be stored as `\u00XX`, six bytes for one (issue 10 item 4).
+    #[test]
+    fn c0_control_characters_but_tab_and_line_breaks_are_refused() {
+        for content in [
+            "a\u{0001}",
+            "\u{0000}x",
+            "x\u{001B}[31m",
+            "\u{007}bell",
+            "a\u{1F}",
+        ] {
+            let err = validate_content(content, 100);
+            assert_eq!(err, Err(ValidationError::ControlCharacter), "{content:?}");
+            assert_eq!(ValidationError::ControlCharacter.code(), "invalid_content");
+        }
+        for content in [
+            "a\tb",
+            "line\nline",
+            "crlf\r\n",
+            "\u{7F}a",
+            "\u{85}a",
+            "a\"b\\",
+        ] {
+            assert_eq!(validate_content(content, 100), Ok(()), "{content:?}");
+        }
+        // Too large is still reported first (413), whatever the content holds.
+        assert!(matches!(
+            validate_content(&"\u{0001}a".repeat(10), 5),
             Err(ValidationError::ContentTooLarge { .. })
         ));
     }

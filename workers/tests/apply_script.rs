@@ -40,6 +40,7 @@ fn ctx(part: &'static str, epoch: u64, max_messages: u64, cluster: bool) -> Cont
         publish: if cluster { "SPUBLISH" } else { "PUBLISH" },
         history: 2000,
         max_messages,
+        max_bytes: 0,
         open_ttl_ms: 60_000,
         member_ttl_ms: 60_000,
     }
@@ -258,6 +259,86 @@ async fn refusals_move_the_cursor_and_are_answered_the_same_again() {
         .is_empty());
 }
 
+/// `MAX_CONVERSATION_BYTES`: the stored JSON of a conversation's messages is counted (`bytes`
+/// in meta) on both paths, a message that would pass the bound is refused as `full_bytes`
+/// (409 conversation_full), and a delete gives its bytes back.
+#[tokio::test]
+async fn the_stored_bytes_of_a_conversation_are_bounded_and_deletes_free_them() {
+    let f = fixture(Mode::Standalone).await;
+    let mut c = ctx("p0-1", 1, 100, false);
+    c.max_bytes = 3000;
+    let cid = Uuid::new_v4();
+    f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+    let stored = |env: &CommandEnvelope| match &env.command {
+        Command::SendMessage { message, .. } => serde_json::to_string(message).unwrap().len(),
+        _ => 0,
+    };
+    let first = send(cid, &"a".repeat(1000));
+    let one = stored(&first);
+    let r = f.apply(&c, &f.e(2, 0), None, &first).await;
+    assert_eq!(r.outcome, Outcome::Applied);
+    assert_eq!(f.meta(cid, "bytes").await, Some(one.to_string()));
+    // send.lua counts the same way.
+    let second = send(cid, &"b".repeat(1000));
+    let two = stored(&second);
+    let fast = f
+        .fast(&c, &f.e(3, 0), None, &second)
+        .await
+        .expect("applied");
+    assert_eq!(fast.outcome, Outcome::Applied);
+    assert_eq!(f.meta(cid, "bytes").await, Some((one + two).to_string()));
+    // A third of that size passes 3000: send.lua declines, apply.lua refuses, nothing stored.
+    let third = send(cid, &"c".repeat(1000));
+    assert!(f.fast(&c, &f.e(4, 0), None, &third).await.is_none());
+    let full = f.apply(&c, &f.e(4, 0), None, &third).await;
+    assert_eq!(full.outcome, Outcome::FullBytes);
+    assert_eq!(f.messages(cid).await, 2);
+    let answer = apply::Applied {
+        env: &third,
+        reply: &full,
+    }
+    .reply(100, 3000);
+    assert_eq!(answer.status, 409);
+    assert_eq!(answer.body["error"]["code"], "conversation_full");
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3000 bytes"),
+        "{}",
+        answer.body
+    );
+    // A small one still fits.
+    let small = f.apply(&c, &f.e(5, 0), None, &send(cid, "ok")).await;
+    assert_eq!(small.outcome, Outcome::Applied);
+    // Deleting the first message frees its bytes: the big one fits now.
+    let Command::SendMessage { message, .. } = &first.command else {
+        unreachable!()
+    };
+    let del = CommandEnvelope {
+        id: Uuid::new_v4(),
+        trace: None,
+        reply_to: None,
+        command: Command::DeleteMessage {
+            conversation_id: cid,
+            message_id: message.message_id,
+            actor: None,
+        },
+    };
+    assert_eq!(
+        f.apply(&c, &f.e(6, 0), None, &del).await.outcome,
+        Outcome::Applied
+    );
+    let again = f.apply(&c, &f.e(7, 0), None, &third).await;
+    assert_eq!(again.outcome, Outcome::Applied);
+    // 0 turns the bound off.
+    c.max_bytes = 0;
+    let big = f
+        .apply(&c, &f.e(8, 0), None, &send(cid, &"d".repeat(5000)))
+        .await;
+    assert_eq!(big.outcome, Outcome::Applied);
+}
+
 #[tokio::test]
 async fn every_key_of_a_conversation_expires_and_messages_are_stored_once() {
     let f = fixture(Mode::Standalone).await;
@@ -315,7 +396,7 @@ mod send_fast_path {
     use confab_workers::persistence::apply::SendRequest;
 
     impl Fixture {
-        async fn fast(
+        pub(super) async fn fast(
             &self,
             ctx: &Context<'_>,
             entry: &str,

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use confab_shared::commands::Command;
 use confab_shared::domain::{self, Message, ValidationError};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use warp::http::StatusCode;
@@ -226,19 +227,30 @@ pub async fn list(state: AppState, session: Option<Session>) -> ApiResult {
     ))
 }
 
-/// `GET /api/conversations/:id`.
+/// `GET /api/conversations/:id`: the head (one round trip: existence, access, title,
+/// members, lastEventId), then the messages up to that lastEventId, streamed page by page
+/// (`RESPONSE_CHUNK_BYTES` each), so the gateway holds about one page per request whatever the
+/// conversation's size. Errors (404, 400) are known before the first byte; a Redis failure
+/// later cuts the body.
 pub async fn get(state: AppState, raw_id: String, session: Option<Session>) -> ApiResult {
     let id = parse_conv_id(&raw_id)?;
     let actor = session.as_ref().map(|s| s.username.as_str());
-    match state
+    let head = state
         .store
-        .fetch(id, actor)
+        .head(id, actor)
         .await
         .map_err(|e| ApiError::internal("reading a conversation", e))?
-    {
-        Some(c) => Ok(json_response(StatusCode::OK, &c.to_json())),
-        None => Err(ApiError::conversation_not_found()),
-    }
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let prefix = bytes::Bytes::from(head.json_prefix());
+    let pages = state
+        .store
+        .message_pages(id, head.last_event_id, state.cfg.response_chunk_bytes);
+    let body = futures::stream::once(async move { Ok(prefix) }).chain(pages);
+    Ok(crate::streamed::response(
+        StatusCode::OK,
+        "application/json",
+        body,
+    ))
 }
 
 /// Who may act on a conversation: open ones need nothing; member chats need a member's session.

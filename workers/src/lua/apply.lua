@@ -19,18 +19,21 @@
 --   prefix      the metadata line published before each event (publish time, trace id);
 --               never stored
 --   actor       the signed-in user ('' in open conversations, 'assistant' for replies)
---   message_id, message, human ('1' when a person wrote it), max_messages,
+--   message_id, message, human ('1' when a person wrote it), max_messages, max_bytes
+--   (the most message bytes the conversation stores, '0' = no limit),
 --   answers_up_to, done_event   (send; the last two for assistant replies)
 --   owner ('' = open), title, assistant_arg ('1'), ttl_ms, members   (create)
 --   username    (add_member)
 -- Returns a MessagePack map — `ApplyReply`: outcome ('applied' | 'duplicate' | 'not_found' |
--- 'message_not_found' | 'forbidden' | 'full' | 'exists' | 'fenced' | 'out_of_order'),
+-- 'message_not_found' | 'forbidden' | 'full' | 'full_bytes' | 'exists' | 'fenced' |
+-- 'out_of_order'),
 -- event_id, deadline, assistant, hseq, members, failed.
 --
 -- Storage: a message is kept once, in msgs (id → JSON), and ordered in order (id scored by
 -- its eventId). The events stream holds the other events (deletes, joins) for resume.
 -- Meta fields: kind owner title assistant created ttl last (activity: the deadline is
--- last + ttl) | eseq (last eventId) cnt (messages held) | cm cs (cursor: the last applied
+-- last + ttl) | eseq (last eventId) cnt (messages held) bytes (their stored JSON, summed:
+-- what max_bytes bounds) | cm cs (cursor: the last applied
 -- entry) fp fe (fence: partition and epoch of the last writer) | hseq (newest human eventId)
 -- aseq (answered up to) | xp (when the keys expire; pushed out in steps of ttl/8, so most
 -- writes touch no TTL).
@@ -38,17 +41,18 @@
 -- printf, which costs more than the command.
 
 local req = cmsgpack.unpack(ARGV[1])
-local op, prefix, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.prefix or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
+local op, prefix, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, max_bytes, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.prefix or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.max_bytes or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
 local META, ORDER, MSGS, EVENTS, MEMBERS, FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
 
 local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
-  'eseq', 'cnt', 'xp', 'hseq', 'last')
+  'eseq', 'cnt', 'xp', 'hseq', 'last', 'bytes')
 local ckind = m[1]
 local member = ckind == 'member'
 
 local assistant = m[2] == '1'
 local ttl = tonumber(m[3] or 0)
 local eseq, cnt = tonumber(m[8] or 0), tonumber(m[9] or 0)
+local bytes = tonumber(m[13] or 0)
 local xp, hseq = tonumber(m[10] or 0), tonumber(m[11] or 0)
 
 local function members_sorted()
@@ -158,7 +162,7 @@ end
 
 if op == 'send' then
   -- actor ('' in open conversations, 'assistant' for the completion worker), message_id,
-  -- message (JSON), human, max_messages, answers_up_to and done_event (assistant replies)
+  -- message (JSON), human, max_messages, max_bytes, answers_up_to and done_event (assistant replies)
   if not ckind then
     return cmsgpack.pack({ outcome = 'not_found' })
   end
@@ -176,6 +180,10 @@ if op == 'send' then
   if cnt >= tonumber(max_messages) then
     return refuse('full', fields)
   end
+  local limit = tonumber(max_bytes) or 0
+  if limit > 0 and bytes + #message > limit then
+    return refuse('full_bytes', fields)
+  end
   -- The message id is the gateway's: a second command carrying it (a resubmission) is the
   -- same message, so it is a duplicate too — and nothing was written before this check.
   if redis.call('HSETNX', MSGS, message_id, message) == 0 then
@@ -189,9 +197,10 @@ if op == 'send' then
   local n = #fields
   fields[n + 1], fields[n + 2] = 'eseq', eid
   fields[n + 3], fields[n + 4] = 'cnt', tostring(cnt + 1)
+  fields[n + 5], fields[n + 6] = 'bytes', tostring(bytes + #message)
   if human == '1' and assistant then
     hseq = eseq
-    fields[n + 5], fields[n + 6] = 'hseq', eid
+    fields[n + 7], fields[n + 8] = 'hseq', eid
   end
   if done_event ~= '' then
     redis.call(publish, channel, prefix .. done_event)
@@ -250,7 +259,8 @@ if op == 'delete' then
   end
   redis.call('ZREM', ORDER, message_id)
   redis.call('HDEL', MSGS, message_id)
-  local fields, created = { 'cnt', tostring(cnt - 1) }, {}
+  local fields, created = { 'cnt', tostring(cnt - 1),
+    'bytes', tostring(math.max(0, bytes - #stored)) }, {}
   local eid = emit(fields, created)
   return answer('applied', eid, finish(fields, created))
 end

@@ -8,18 +8,18 @@
 -- message and decoding a map costs more than half the commands below ('' = none):
 --   ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms,
 --   event_head (with the metadata line before it: only published), event_tail, actor,
---   message_id, message, human, max_messages
+--   message_id, message, human, max_messages, max_bytes ('0' = no limit on the stored bytes)
 -- Returns { 1, eventId, deadline, assistant (0/1), newest human eventId } when applied,
 -- { 0 } when declined.
-local ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages = unpack(ARGV, 1, 16)
+local ms, seq, after_ms, after_seq, part, epoch, publish, channel, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, max_bytes = unpack(ARGV, 1, 17)
 local META, ORDER, MSGS, MEMBERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
-  'eseq', 'cnt', 'xp', 'hseq')
+  'eseq', 'cnt', 'xp', 'hseq', 'bytes')
 if not m[1] then
   return { 0 }
 end
--- Fenced, out of order, a duplicate, full: apply.lua answers those.
+-- Fenced, out of order, a duplicate, full (in messages or bytes): apply.lua answers those.
 if m[6] == part and tonumber(epoch) < tonumber(m[7] or 0) then
   return { 0 }
 end
@@ -32,6 +32,10 @@ if cm and (ms_n < cm or (ms_n == cm and tonumber(seq) <= tonumber(m[5]))) then
 end
 local cnt = tonumber(m[9] or 0)
 if cnt >= tonumber(max_messages) then
+  return { 0 }
+end
+local bytes, limit = tonumber(m[12] or 0), tonumber(max_bytes) or 0
+if limit > 0 and bytes + #message > limit then
   return { 0 }
 end
 if m[1] == 'member' and (actor == '' or redis.call('SISMEMBER', MEMBERS, actor) == 0) then
@@ -49,10 +53,11 @@ local ttl = tonumber(m[3])
 local deadline = ms_n + ttl
 local assistant = m[2] == '1'
 local hseq = tonumber(m[11] or 0)
-local f = { 'eseq', eid, 'cnt', tostring(cnt + 1), 'cm', ms, 'cs', seq, 'last', ms }
+local f = { 'eseq', eid, 'cnt', tostring(cnt + 1), 'cm', ms, 'cs', seq, 'last', ms,
+  'bytes', tostring(bytes + #message) }
 if human == '1' and assistant then
   hseq = eid_n
-  f[11], f[12] = 'hseq', eid
+  f[13], f[14] = 'hseq', eid
 end
 if m[6] ~= part or m[7] ~= epoch then
   f[#f + 1], f[#f + 2] = 'fp', part

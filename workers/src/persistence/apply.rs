@@ -22,6 +22,9 @@ pub struct Context<'a> {
     pub publish: &'static str,
     pub history: u64,
     pub max_messages: u64,
+    /// `MAX_CONVERSATION_BYTES`: the most stored message JSON one conversation holds (0 = no
+    /// limit).
+    pub max_bytes: u64,
     pub open_ttl_ms: u64,
     pub member_ttl_ms: u64,
 }
@@ -68,6 +71,7 @@ pub enum Op<'a> {
         message: String,
         human: bool,
         max_messages: u64,
+        max_bytes: u64,
         answers_up_to: Option<u64>,
         done_event: Option<&'a str>,
     },
@@ -83,7 +87,7 @@ pub enum Op<'a> {
 
 impl ApplyRequest<'_> {
     /// The request's fields, as the script names them; `members` (a list) follows.
-    pub const FIELDS: [&'static str; 26] = [
+    pub const FIELDS: [&'static str; 27] = [
         "op",
         "prefix",
         "ms",
@@ -103,6 +107,7 @@ impl ApplyRequest<'_> {
         "message",
         "human",
         "max_messages",
+        "max_bytes",
         "answers_up_to",
         "done_event",
         "owner",
@@ -158,6 +163,7 @@ impl ApplyRequest<'_> {
                 message,
                 human,
                 max_messages,
+                max_bytes,
                 answers_up_to,
                 done_event,
             } => {
@@ -167,6 +173,7 @@ impl ApplyRequest<'_> {
                 set("message", message.clone());
                 set("human", if *human { "1" } else { "" }.into());
                 set("max_messages", max_messages.to_string());
+                set("max_bytes", max_bytes.to_string());
                 set(
                     "answers_up_to",
                     answers_up_to.map(|n| n.to_string()).unwrap_or_default(),
@@ -199,7 +206,7 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    pub const ARGV: [&'static str; 16] = [
+    pub const ARGV: [&'static str; 17] = [
         "ms",
         "seq",
         "after_ms",
@@ -216,6 +223,7 @@ impl SendRequest {
         "message",
         "human",
         "max_messages",
+        "max_bytes",
     ];
 
     /// send.lua's request for a plain send (not an assistant reply, which goes to apply.lua).
@@ -226,6 +234,7 @@ impl SendRequest {
             message,
             human,
             max_messages,
+            max_bytes,
             answers_up_to: None,
             done_event: None,
         } = &req.op
@@ -250,6 +259,7 @@ impl SendRequest {
             message.clone(),
             if *human { "1" } else { "" }.to_string(),
             max_messages.to_string(),
+            max_bytes.to_string(),
         ];
         Some(SendRequest { argv })
     }
@@ -299,6 +309,8 @@ pub enum Outcome {
     MessageNotFound,
     Forbidden,
     Full,
+    /// The message would take the conversation past `MAX_CONVERSATION_BYTES`.
+    FullBytes,
     Exists,
     /// Another replica owns the partition now and has written here: stop.
     Fenced,
@@ -376,6 +388,7 @@ pub fn request<'a>(
                     message: serde_json::to_string(message).unwrap_or_default(),
                     human: message.sender != SENDER_ASSISTANT,
                     max_messages: ctx.max_messages,
+                    max_bytes: ctx.max_bytes,
                     answers_up_to: assistant_reply.as_ref().map(|r| r.answers_up_to),
                     done_event: assistant_reply.as_ref().map(|r| r.done_event.as_str()),
                 },
@@ -462,7 +475,7 @@ impl Applied<'_> {
     }
 
     /// The answer for the client that sent the command: exactly the REST status and body.
-    pub fn reply(&self, max_messages: u64) -> Reply {
+    pub fn reply(&self, max_messages: u64, max_bytes: u64) -> Reply {
         let id = self.env.id;
         let cid = self.env.command.conversation_id();
         let error = |status, code: &str, message: &str| Reply::error(id, status, code, message);
@@ -476,6 +489,13 @@ impl Applied<'_> {
                 409,
                 "conversation_full",
                 &format!("This conversation already holds the maximum of {max_messages} messages"),
+            ),
+            Some(Outcome::FullBytes) => error(
+                409,
+                "conversation_full",
+                &format!(
+                    "This conversation is full: its messages may take at most {max_bytes} bytes                      (MAX_CONVERSATION_BYTES)"
+                ),
             ),
             Some(Outcome::Exists) => error(409, "conflict", "Conversation already exists"),
             Some(Outcome::Fenced | Outcome::OutOfOrder) => error(
@@ -551,6 +571,7 @@ mod tests {
             publish: "PUBLISH",
             history: 2000,
             max_messages: 10,
+            max_bytes: 0,
             open_ttl_ms: 1_800_000,
             member_ttl_ms: 7_000_000,
         }
@@ -663,7 +684,7 @@ mod tests {
             env: &env,
             reply: &ok,
         }
-        .reply(10);
+        .reply(10, 0);
         assert_eq!(r.status, 201);
         assert_eq!(r.body["message"], "Message added successfully");
         let mut dup_of_full = reply(Outcome::Duplicate);
@@ -672,7 +693,7 @@ mod tests {
             env: &env,
             reply: &dup_of_full,
         }
-        .reply(10);
+        .reply(10, 0);
         assert_eq!(r.status, 409);
         assert_eq!(r.body["error"]["code"], "conversation_full");
         let nf = reply(Outcome::NotFound);
@@ -681,7 +702,7 @@ mod tests {
                 env: &env,
                 reply: &nf
             }
-            .reply(10)
+            .reply(10, 0)
             .status,
             404
         );

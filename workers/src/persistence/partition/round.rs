@@ -86,6 +86,7 @@ pub fn plan(
         publish: shared.redis.publish_command(),
         history: cfg.event_history_len,
         max_messages: cfg.max_messages_per_conversation,
+        max_bytes: cfg.max_conversation_bytes,
         open_ttl_ms: cfg.conversation_ttl_secs * 1000,
         member_ttl_ms: cfg.member_chat_ttl_secs * 1000,
     };
@@ -204,7 +205,10 @@ pub fn settle(
         }
         let applied = Applied { env, reply: &reply };
         let answer = if replicated {
-            applied.reply(cfg.max_messages_per_conversation)
+            applied.reply(
+                cfg.max_messages_per_conversation,
+                cfg.max_conversation_bytes,
+            )
         } else {
             replicas_unavailable(env.id)
         };
