@@ -572,6 +572,26 @@ impl Redis {
         rx
     }
 
+    /// SIGKILLs the standalone server and starts it again on its port (with [`start_aof`]
+    /// it comes back with everything it acknowledged), then waits until the shared
+    /// connection has reconnected, so the kit's helpers work again at once.
+    ///
+    /// [`start_aof`]: Redis::start_aof
+    pub async fn restart(&mut self) {
+        let Some(node) = self.nodes.first_mut() else {
+            panic!("no Redis process");
+        };
+        node.restart().await;
+        let start = Instant::now();
+        while self.try_q::<String>(&["PING"]).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the shared connection did not reconnect to the restarted Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILLs the server (standalone) or every node.
     pub fn kill(&mut self) {
         for n in &mut self.nodes {

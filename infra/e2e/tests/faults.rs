@@ -69,7 +69,7 @@ async fn timed_send(http: &Http, conv: &str, content: &str, n: u64) -> Outcome {
     }
 }
 
-/// REST writers, one per conversation, sending `"<conv index>-<n>"` one after the other
+/// REST writers, one per conversation (writer *i* on gateway *i* mod n), sending `"<conv index>-<n>"` one after the other
 /// until told to stop (backing off a little after an error, as a client would).
 struct Load {
     stop: Arc<AtomicBool>,
@@ -79,7 +79,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(http: &Http, convs: &[String]) -> Load {
+    fn start(gws: &[Http], convs: &[String]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -87,7 +87,7 @@ impl Load {
             .iter()
             .enumerate()
             .map(|(i, conv)| {
-                let (http, conv) = (http.clone(), conv.clone());
+                let (http, conv) = (gws[i % gws.len()].clone(), conv.clone());
                 let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
                 tokio::spawn(async move {
                     let mut out = Vec::new();
@@ -281,7 +281,9 @@ async fn added_latency_slows_nothing_into_errors_and_keeps_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_answer_clearly_apply_once_and_recover() {
-    let stack = Stack::through_proxy(1, 1, 0, ENV).await;
+    // Two gateways, and a cleanup worker beside the persistence worker: all behind the proxy.
+    let stack = Stack::through_proxy(2, 1, 1, ENV).await;
+    let gws: Vec<Http> = stack.gateways.iter().map(Gateway::http).collect();
     let http = stack.http();
     let mut convs = Vec::new();
     for _ in 0..3 {
@@ -289,7 +291,7 @@ async fn dropped_connections_answer_clearly_apply_once_and_recover() {
     }
     let mut sub = Ws::connect(&stack.gw().ws_url(), None).await;
     sub.subscribe(&convs[0], None).await;
-    let load = Load::start(&http, &convs);
+    let load = Load::start(&gws, &convs);
     load.wait_acks(30, "load before the faults").await;
 
     let faults = stack.faults();
@@ -315,7 +317,9 @@ async fn dropped_connections_answer_clearly_apply_once_and_recover() {
     // Recovery, by itself: writes go on being acknowledged, readiness is back, the
     // subscriber gets live events.
     load.wait_acks(30, "writes succeed after the faults").await;
-    eventually_true("ready again", LONG, async || readyz(&http).await == 200).await;
+    for gw in &gws {
+        eventually_true("ready again", LONG, async || readyz(gw).await == 200).await;
+    }
     load.finish(&stack.redis).await;
     subscriber_gets_live_events(&mut sub, &http, &convs[0]).await;
 }
@@ -333,7 +337,7 @@ async fn a_black_hole(long: bool) {
     }
     let mut sub = Ws::connect(&stack.gw().ws_url(), None).await;
     sub.subscribe(&convs[0], None).await;
-    let load = Load::start(&http, &convs);
+    let load = Load::start(std::slice::from_ref(&http), &convs);
     load.wait_acks(30, "load before the black hole").await;
 
     let faults = stack.faults();
