@@ -19,12 +19,13 @@ APT_UPDATED := .run/.apt-updated
 VENV := .run/venv
 PY_REQS := infra/requirements-test.txt
 
-.PHONY: help up test bench web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint deny rust-test web-test e2e ops-test api-test clean
+.PHONY: help up test bench chaos web build build-release deps-run deps-test deps-node deps-py deps-ops check-rust fmt lint deny rust-test web-test e2e ops-test api-test clean
 
 help:
 	@echo "make up      run everything (Redis, gateway at http://127.0.0.1:3000/, workers)"
 	@echo "make test    fmt check, clippy -D warnings, all Rust tests, web unit tests, browser e2e"
 	@echo "make bench   load-test a local stack (REST, WebSocket fan-out, assistant streaming)"
+	@echo "make chaos   60 s of mixed load while processes and Redis are SIGKILLed, then a ledger check"
 
 # ---------------------------------------------------------------- dependencies
 # Installs Debian packages when missing (as root), otherwise says exactly what to install.
@@ -137,6 +138,14 @@ test: deps-test fmt lint deny rust-test web-test e2e ops-test api-test
 # ---------------------------------------------------------------- bench
 bench: deps-run build-release
 	bash infra/bench.sh
+
+# The chaos run (infra/e2e/tests/chaos.rs) for CHAOS_SECS (the test suite runs it for 15 s):
+# mixed load while random processes are SIGKILLed and restarted and Redis restarts once, then
+# the ledger check, printing the counts. CHAOS_SEED=<printed seed> replays a run's victims.
+CHAOS_SECS ?= 60
+chaos: deps-run check-rust
+	$(CARGO) build -p confab-gateway -p confab-workers
+	CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p confab-e2e --test chaos -- --nocapture
 
 clean:
 	$(CARGO) clean

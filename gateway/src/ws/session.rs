@@ -415,8 +415,16 @@ impl Conn {
                 // not mute the subscription.
                 let resync = since
                     .is_some_and(|s| s > current || replay.as_ref().is_none_or(|(_, gap)| *gap));
-                out.push(protocol::subscribed(id, current, resync));
-                current
+                // No gap and nothing after `since` when the history was read: the client has
+                // everything up to `since`. An event stored after that read (so `current` may
+                // already count it) waits in the queue — the channel was joined first — and
+                // must not be dropped as if it had been sent.
+                let last = match since {
+                    Some(s) if !resync => s,
+                    _ => current,
+                };
+                out.push(protocol::subscribed(id, last, resync));
+                last
             }
         };
         self.subs.insert(

@@ -29,6 +29,10 @@
 //! - [`Ws`]: `Ws::connect(url, token)`, `send_json`, `next_json(timeout)`,
 //!   `expect_type("subscribed")`, `wait_type`, `subscribe(id, since)`, `collect(kind, n, t)`,
 //!   `expect_silence(d)`, `wait_close(t)` → the close code.
+//! - [`FaultProxy`]: a TCP proxy to Redis adding latency, dropping connections and
+//!   black-holing traffic under a [`FaultControl`]; `Stack::through_proxy(..)` starts every
+//!   process behind one (`stack.faults()`). `Worker::restart(&redis)` and
+//!   `Redis::start_aof()` (AOF `always`, survives `nodes[0].restart()`) serve the chaos run.
 //! - [`eventually`] / [`eventually_true`]: poll an async closure until a generous deadline —
 //!   the kit never sleeps a fixed time where a condition can be polled, and asserts nothing
 //!   about speed. [`send_command`] builds a raw `send_message` command (replays, outages).
@@ -39,6 +43,7 @@
 //! even a SIGKILLed test runner leaves none behind. Child output goes to log files under
 //! `$TMPDIR/confab-e2e/`; a failing test prints the tail of each.
 
+mod fault_proxy;
 mod http;
 mod process;
 mod redis_server;
@@ -48,6 +53,7 @@ mod ws;
 
 use std::time::{Duration, Instant};
 
+pub use fault_proxy::{FaultControl, FaultProxy};
 pub use http::{assert_error, conversation_id, keys_of, str_field, Answer, Http};
 pub use process::{bin_dir, free_port, log_dir, ChildProc};
 pub use redis_server::{partition_count, Mode, Node, Redis};

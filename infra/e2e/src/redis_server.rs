@@ -151,9 +151,31 @@ pub struct Redis {
 impl Redis {
     /// One `redis-server`, waiting until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// One `redis-server` that persists every write before answering (`appendonly yes`,
+    /// `appendfsync always`, its own AOF directory under the test's log directory), so
+    /// `nodes[0].kill9()` + `nodes[0].restart()` loses nothing it acknowledged.
+    pub async fn start_aof() -> Self {
+        let dir = format!("aof-{}", next_seq());
+        Self::start_with(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--appenddirname",
+            &dir,
+        ])
+        .await
+    }
+
+    /// One `redis-server` with `extra` arguments (later ones override the defaults).
+    async fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            let mut node = Node::spawn(free_port(), &[]);
+            let mut node = Node::spawn(free_port(), &extra);
             match node.wait_ping().await {
                 Ok(()) => {
                     let url = node.url();
@@ -548,6 +570,26 @@ impl Redis {
             }
         });
         rx
+    }
+
+    /// SIGKILLs the standalone server and starts it again on its port (with [`start_aof`]
+    /// it comes back with everything it acknowledged), then waits until the shared
+    /// connection has reconnected, so the kit's helpers work again at once.
+    ///
+    /// [`start_aof`]: Redis::start_aof
+    pub async fn restart(&mut self) {
+        let Some(node) = self.nodes.first_mut() else {
+            panic!("no Redis process");
+        };
+        node.restart().await;
+        let start = Instant::now();
+        while self.try_q::<String>(&["PING"]).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the shared connection did not reconnect to the restarted Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILLs the server (standalone) or every node.

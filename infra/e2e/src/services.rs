@@ -4,6 +4,7 @@
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::fault_proxy::FaultProxy;
 use crate::http::Http;
 use crate::process::{confab_binary, free_port, next_seq, ChildProc};
 use crate::redis_server::{Mode, Redis};
@@ -167,7 +168,9 @@ impl Gateway {
 pub struct Worker {
     role: String,
     name: String,
+    env: Vec<(String, String)>,
     proc: ChildProc,
+    restarts: u32,
 }
 
 impl Worker {
@@ -184,10 +187,28 @@ impl Worker {
         let mut w = Worker {
             role: role.to_string(),
             name,
+            env: all,
             proc,
+            restarts: 0,
         };
         w.wait_ready(redis).await;
         w
+    }
+
+    /// Stops the process if it runs (SIGKILL) and starts a new one with the same name and
+    /// environment — the same consumer, as a restarted pod would be — waiting until it is
+    /// ready again.
+    pub async fn restart(&mut self, redis: &Redis) {
+        self.proc.kill9();
+        self.restarts += 1;
+        let log = format!("{}-restart{}", self.name, self.restarts);
+        self.proc = ChildProc::spawn(
+            &log,
+            &confab_binary("workers"),
+            std::slice::from_ref(&self.role),
+            &self.env,
+        );
+        self.wait_ready(redis).await;
     }
 
     async fn wait_ready(&mut self, redis: &Redis) {
@@ -273,8 +294,12 @@ impl Worker {
 pub struct Stack {
     pub gateways: Vec<Gateway>,
     pub workers: Vec<Worker>,
+    /// Between the processes and Redis when started with [`Stack::through_proxy`].
+    pub proxy: Option<FaultProxy>,
     pub redis: Redis,
     dead_letters_expected: bool,
+    /// `REDIS_URL` pointing at the proxy, added to every process's environment.
+    redis_env: Vec<(String, String)>,
 }
 
 impl Drop for Stack {
@@ -313,11 +338,42 @@ impl Stack {
         env: &[(&str, &str)],
     ) -> Stack {
         let redis = Redis::start_in(mode).await;
+        Self::around(redis, None, gateways, persistence, cleanup, env).await
+    }
+
+    /// [`Stack::with`] on a standalone Redis that every process reaches only through a
+    /// [`FaultProxy`] (`stack.proxy`); the test's own `stack.redis` connection goes direct.
+    pub async fn through_proxy(
+        gateways: usize,
+        persistence: usize,
+        cleanup: usize,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let redis = Redis::start().await;
+        let proxy = FaultProxy::start(redis.port()).await;
+        Self::around(redis, Some(proxy), gateways, persistence, cleanup, env).await
+    }
+
+    /// Processes around a Redis that is already running (e.g. [`Redis::start_aof`]).
+    pub async fn around(
+        redis: Redis,
+        proxy: Option<FaultProxy>,
+        gateways: usize,
+        persistence: usize,
+        cleanup: usize,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let redis_env = proxy
+            .as_ref()
+            .map(|p| vec![("REDIS_URL".to_string(), p.redis_url())])
+            .unwrap_or_default();
         let mut stack = Stack {
             gateways: Vec::new(),
             workers: Vec::new(),
+            proxy,
             redis,
             dead_letters_expected: false,
+            redis_env,
         };
         for _ in 0..persistence {
             stack.add_worker("persistence", env).await;
@@ -331,15 +387,22 @@ impl Stack {
         stack
     }
 
+    /// `env` plus the proxy's `REDIS_URL` (which overrides the direct one).
+    fn env_with<'a>(&'a self, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all = env.to_vec();
+        all.extend(self.redis_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        all
+    }
+
     pub async fn add_gateway(&mut self, env: &[(&str, &str)]) -> &mut Gateway {
-        let gw = Gateway::start(&self.redis, env).await;
+        let gw = Gateway::start(&self.redis, &self.env_with(env)).await;
         self.gateways.push(gw);
         let last = self.gateways.len() - 1;
         &mut self.gateways[last]
     }
 
     pub async fn add_worker(&mut self, role: &str, env: &[(&str, &str)]) -> &mut Worker {
-        let w = Worker::start(&self.redis, role, env).await;
+        let w = Worker::start(&self.redis, role, &self.env_with(env)).await;
         self.workers.push(w);
         let last = self.workers.len() - 1;
         &mut self.workers[last]
@@ -348,6 +411,14 @@ impl Stack {
     /// This scenario dead-letters on purpose (poison entries): skip the check on drop.
     pub fn expect_dead_letters(&mut self) {
         self.dead_letters_expected = true;
+    }
+
+    /// The fault controls of the proxy (a stack from [`Stack::through_proxy`]).
+    pub fn faults(&self) -> crate::fault_proxy::FaultControl {
+        match &self.proxy {
+            Some(p) => p.control(),
+            None => panic!("this stack was not started through a fault proxy"),
+        }
     }
 
     /// The first gateway.

@@ -656,6 +656,46 @@ async fn resume_on_the_other_gateway_after_its_gateway_is_killed(mode: Mode) {
     assert_eq!(ws.expect_type("message").await["eventId"], 14);
 }
 
+/// A resume that finds nothing after `since` in the history while a write lands right after
+/// that read: the new event is in the queue (the channel was joined first) and must be sent,
+/// not dropped as already sent because `subscribed` reported the newer `lastEventId`. Found by
+/// the chaos run. Each round resumes from the newest event while one write races the
+/// subscription; whichever way the race goes, the next frame must be that write's event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_while_a_write_lands_misses_no_event() {
+    let stack = Stack::start(&[]).await;
+    let http = stack.http();
+    let conv = http.create_conversation().await;
+    let mut ws = Ws::connect(&stack.gw().ws_url(), None).await;
+    for since in 0..200u64 {
+        let write = {
+            let (http, conv) = (http.clone(), conv.clone());
+            tokio::spawn(async move { http.send_ok(&conv, "customer", &format!("m{since}")).await })
+        };
+        // Staggered a little, so the write lands at different points of the subscription.
+        for _ in 0..since % 3 {
+            tokio::task::yield_now().await;
+        }
+        let sub = ws.subscribe(&conv, Some(since)).await;
+        assert_ne!(sub["resync"], true, "{sub}");
+        match ws.next_event(WS_WAIT).await {
+            WsEvent::Frame(f) if f["type"] == "message" => assert_eq!(
+                f["eventId"].as_u64(),
+                Some(since + 1),
+                "resumed after {since} ({sub}), got {f}"
+            ),
+            other => panic!(
+                "resumed after {since} ({sub}): no event {}, got {other:?}",
+                since + 1
+            ),
+        }
+        write.await.unwrap();
+        ws.send_json(&json!({"type": "unsubscribe", "conversationId": conv}))
+            .await;
+        ws.expect_type("unsubscribed").await;
+    }
+}
+
 #[tokio::test]
 async fn since_older_than_the_kept_history_asks_for_a_resync() {
     let stack = Stack::start(&[]).await;

@@ -113,16 +113,24 @@ impl Rebalancer {
         }
     }
 
+    /// Renews every held lease at once: one round trip for all of them, however many there
+    /// are (one after the other, P renewals over a slow link could outlast the lease itself).
     async fn renew(&mut self) {
+        let sent = Instant::now();
+        let renewals = self.held.iter().filter_map(|(p, h)| {
+            let pk = self.parts.get(*p as usize)?;
+            let (leases, mut conn) = (self.leases.clone(), self.conn.clone());
+            Some(async move { (*p, leases.renew(&mut conn, pk, h.epoch).await) })
+        });
         let mut lost = Vec::new();
-        for (p, h) in &self.held {
-            let Some(pk) = self.parts.get(*p as usize) else {
-                continue;
-            };
-            let sent = Instant::now();
-            match self.leases.renew(&mut self.conn, pk, h.epoch).await {
-                Ok(true) => h.clock.renewed(sent, self.leases.ttl()),
-                Ok(false) => lost.push(*p),
+        for (p, result) in futures::future::join_all(renewals).await {
+            match result {
+                Ok(true) => {
+                    if let Some(h) = self.held.get(&p) {
+                        h.clock.renewed(sent, self.leases.ttl());
+                    }
+                }
+                Ok(false) => lost.push(p),
                 Err(e) => tracing::warn!(partition = p, error = %e, "renewing a lease failed"),
             }
         }
