@@ -42,6 +42,8 @@ fn ctx(part: &'static str, epoch: u64, max_messages: u64, cluster: bool) -> Cont
         max_messages,
         open_ttl_ms: 60_000,
         member_ttl_ms: 60_000,
+        idem_window_ms: 60_000,
+        idem_max: 1000,
     }
 }
 
@@ -56,6 +58,7 @@ fn create(cid: Uuid) -> CommandEnvelope {
             members: vec![],
             title: None,
             assistant: false,
+            fingerprint: None,
         },
     }
 }
@@ -76,6 +79,7 @@ fn send_with(cid: Uuid, message_id: Uuid, text: &str) -> CommandEnvelope {
             },
             actor: None,
             assistant_reply: None,
+            fingerprint: None,
         },
     }
 }

@@ -24,6 +24,9 @@ pub struct Context<'a> {
     pub max_messages: u64,
     pub open_ttl_ms: u64,
     pub member_ttl_ms: u64,
+    /// How long idempotency records are kept (ms) and how many per conversation (0 = off).
+    pub idem_window_ms: u64,
+    pub idem_max: u64,
 }
 
 /// `ARGV[1]` of apply.lua: one MessagePack map with the same fields for every op
@@ -61,6 +64,8 @@ pub enum Op<'a> {
         assistant: bool,
         ttl_ms: u64,
         members: &'a [String],
+        /// The request's fingerprint when the id derives from the client's key ('' = none).
+        fingerprint: &'a str,
     },
     Send {
         actor: &'a str,
@@ -70,6 +75,10 @@ pub enum Op<'a> {
         max_messages: u64,
         answers_up_to: Option<u64>,
         done_event: Option<&'a str>,
+        /// The message's fingerprint when its id derives from the client's key ('' = none).
+        fingerprint: &'a str,
+        idem_window_ms: u64,
+        idem_max: u64,
     },
     Delete {
         actor: &'a str,
@@ -83,7 +92,7 @@ pub enum Op<'a> {
 
 impl ApplyRequest<'_> {
     /// The request's fields, as the script names them; `members` (a list) follows.
-    pub const FIELDS: [&'static str; 26] = [
+    pub const FIELDS: [&'static str; 29] = [
         "op",
         "prefix",
         "ms",
@@ -110,6 +119,9 @@ impl ApplyRequest<'_> {
         "assistant_arg",
         "ttl_ms",
         "username",
+        "fingerprint",
+        "idem_window",
+        "idem_max",
     ];
 
     /// The request as apply.lua's one argument; empty fields are left out (the script reads
@@ -144,7 +156,9 @@ impl ApplyRequest<'_> {
                 assistant,
                 ttl_ms,
                 members: m,
+                fingerprint,
             } => {
+                set("fingerprint", (*fingerprint).into());
                 set("op", "create".into());
                 set("owner", (*owner).into());
                 set("title", (*title).into());
@@ -160,8 +174,14 @@ impl ApplyRequest<'_> {
                 max_messages,
                 answers_up_to,
                 done_event,
+                fingerprint,
+                idem_window_ms,
+                idem_max,
             } => {
                 set("op", "send".into());
+                set("fingerprint", (*fingerprint).into());
+                set("idem_window", idem_window_ms.to_string());
+                set("idem_max", idem_max.to_string());
                 set("actor", (*actor).into());
                 set("message_id", message_id.clone());
                 set("message", message.clone());
@@ -199,7 +219,7 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    pub const ARGV: [&'static str; 16] = [
+    pub const ARGV: [&'static str; 19] = [
         "ms",
         "seq",
         "after_ms",
@@ -216,6 +236,9 @@ impl SendRequest {
         "message",
         "human",
         "max_messages",
+        "fingerprint",
+        "idem_window",
+        "idem_max",
     ];
 
     /// send.lua's request for a plain send (not an assistant reply, which goes to apply.lua).
@@ -228,6 +251,9 @@ impl SendRequest {
             max_messages,
             answers_up_to: None,
             done_event: None,
+            fingerprint,
+            idem_window_ms,
+            idem_max,
         } = &req.op
         else {
             return None;
@@ -250,6 +276,9 @@ impl SendRequest {
             message.clone(),
             if *human { "1" } else { "" }.to_string(),
             max_messages.to_string(),
+            fingerprint.to_string(),
+            idem_window_ms.to_string(),
+            idem_max.to_string(),
         ];
         Some(SendRequest { argv })
     }
@@ -258,8 +287,8 @@ impl SendRequest {
         &self.argv
     }
 
-    /// The keys send.lua takes: meta, order, msgs, members, events, failed.
-    pub fn keys(id: &Uuid) -> [String; 6] {
+    /// The keys send.lua takes: meta, order, msgs, members, events, failed, idem, idemat.
+    pub fn keys(id: &Uuid) -> [String; 8] {
         [
             keys::conv_meta(id),
             keys::conv_order(id),
@@ -267,6 +296,8 @@ impl SendRequest {
             keys::conv_members(id),
             keys::conv_events(id),
             keys::conv_failed(id),
+            keys::conv_idem(id),
+            keys::conv_idem_at(id),
         ]
     }
 
@@ -300,6 +331,8 @@ pub enum Outcome {
     Forbidden,
     Full,
     Exists,
+    /// The client's idempotency key was used before for another request.
+    KeyReused,
     /// Another replica owns the partition now and has written here: stop.
     Fenced,
     /// The command before it in the batch did not apply: retry both, in order.
@@ -340,6 +373,7 @@ pub fn request<'a>(
             members,
             title,
             assistant,
+            fingerprint,
             ..
         } => (
             Op::Create {
@@ -352,6 +386,7 @@ pub fn request<'a>(
                     ctx.open_ttl_ms
                 },
                 members,
+                fingerprint: fingerprint.as_deref().unwrap_or(""),
             },
             None,
         ),
@@ -359,6 +394,7 @@ pub fn request<'a>(
             message,
             actor,
             assistant_reply,
+            fingerprint,
             ..
         } => {
             // The message ends its event; the script appends it to the tail (`0}` here).
@@ -378,6 +414,9 @@ pub fn request<'a>(
                     max_messages: ctx.max_messages,
                     answers_up_to: assistant_reply.as_ref().map(|r| r.answers_up_to),
                     done_event: assistant_reply.as_ref().map(|r| r.done_event.as_str()),
+                    fingerprint: fingerprint.as_deref().unwrap_or(""),
+                    idem_window_ms: ctx.idem_window_ms,
+                    idem_max: ctx.idem_max,
                 },
                 event,
             )
@@ -478,6 +517,11 @@ impl Applied<'_> {
                 &format!("This conversation already holds the maximum of {max_messages} messages"),
             ),
             Some(Outcome::Exists) => error(409, "conflict", "Conversation already exists"),
+            Some(Outcome::KeyReused) => error(
+                422,
+                "idempotency_key_reused",
+                "This idempotency key was already used for a different request",
+            ),
             Some(Outcome::Fenced | Outcome::OutOfOrder) => error(
                 503,
                 "unavailable",
@@ -553,6 +597,8 @@ mod tests {
             max_messages: 10,
             open_ttl_ms: 1_800_000,
             member_ttl_ms: 7_000_000,
+            idem_window_ms: 86_400_000,
+            idem_max: 1000,
         }
     }
 
@@ -572,6 +618,7 @@ mod tests {
                 },
                 actor: None,
                 assistant_reply: None,
+                fingerprint: None,
             },
         }
     }
