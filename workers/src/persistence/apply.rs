@@ -722,6 +722,14 @@ mod tests {
         .reply(10);
         assert_eq!(r.status, 409);
         assert_eq!(r.body["error"]["code"], "conversation_full");
+        let reused = reply(Outcome::KeyReused);
+        let r = Applied {
+            env: &env,
+            reply: &reused,
+        }
+        .reply(10);
+        assert_eq!(r.status, 422);
+        assert_eq!(r.body["error"]["code"], "idempotency_key_reused");
         let nf = reply(Outcome::NotFound);
         assert_eq!(
             Applied {
