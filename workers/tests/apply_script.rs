@@ -541,7 +541,12 @@ mod idempotency_records {
         let mut short = ctx("p0-1", 1, 100, false);
         short.idem_window_ms = 1;
         let stale = f
-            .apply(&short, &f.e(20_010, 0), None, &keyed(cid, ids[4], "other", "fp9"))
+            .apply(
+                &short,
+                &f.e(20_010, 0),
+                None,
+                &keyed(cid, ids[4], "other", "fp9"),
+            )
             .await;
         assert_eq!(stale.outcome, Outcome::Duplicate);
         assert_eq!(stale.failed, None);

@@ -69,10 +69,9 @@ fn client_addr(
 
 /// The request's `Idempotency-Key`, checked ([`crate::idempotency::from_headers`]); the
 /// handler answers a bad one with its 400.
-fn idempotency_key() -> impl Filter<
-    Extract = (Result<Option<String>, errors::ApiError>,),
-    Error = Infallible,
-> + Clone {
+fn idempotency_key(
+) -> impl Filter<Extract = (Result<Option<String>, errors::ApiError>,), Error = Infallible> + Clone
+{
     warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
         crate::idempotency::from_headers(h.get_all(crate::idempotency::HEADER))
     })
@@ -100,9 +99,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
             .and(client_addr())
             .and(idempotency_key())
             .and(body())
-            .then(|st, se, addr, k, b| async move {
-                respond(c::create(st, se, addr, k, b).await)
-            })
+            .then(|st, se, addr, k, b| async move { respond(c::create(st, se, addr, k, b).await) })
             .or(warp::get()
                 .and(s())
                 .and(auth())
@@ -121,9 +118,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(client_addr())
         .and(idempotency_key())
         .and(body())
-        .then(|id, st, se, addr, k, b| async move {
-            respond(c::send(st, id, se, addr, k, b).await)
-        });
+        .then(
+            |id, st, se, addr, k, b| async move { respond(c::send(st, id, se, addr, k, b).await) },
+        );
     let message = warp::path!("api" / "conversations" / String / "messages" / String)
         .and(warp::delete())
         .and(s())

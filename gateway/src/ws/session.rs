@@ -27,7 +27,8 @@ use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
 use crate::rest::conversations::{
-    build_message, count_anonymous_write, keyed_message, count_assistant_message, open_with_assistant, Via,
+    build_message, count_anonymous_write, count_assistant_message, keyed_message,
+    open_with_assistant, Via,
 };
 use crate::state::AppState;
 use crate::store::Kind;

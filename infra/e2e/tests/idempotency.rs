@@ -238,10 +238,18 @@ async fn the_same_idempotency_key_twice_is_one_message_and_the_same_body(mode: M
     assert_eq!(first.0, 201, "{}", first.1);
     assert_ne!(first.1, made.1, "alice's key is not the anonymous one");
     assert_eq!(chat("new-chat-1", "plans").await, first);
-    assert_error(&chat("new-chat-1", "other plans").await, 422, "idempotency_key_reused");
+    assert_error(
+        &chat("new-chat-1", "other plans").await,
+        422,
+        "idempotency_key_reused",
+    );
     let (status, list) = alice.get("/api/conversations").await;
     assert_eq!(status, 200);
-    assert_eq!(list["conversations"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        list["conversations"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
 }
 
 /// A client retrying after a 504 (the persistence worker frozen past REQUEST_TIMEOUT_MS, so
@@ -283,7 +291,10 @@ async fn a_retry_after_a_504_is_exactly_one_message() {
     let ids = stored(&stack, &http, &conv).await;
     assert_eq!(
         ids,
-        [str_field(&retried.1, "messageId"), str_field(&ack, "messageId")],
+        [
+            str_field(&retried.1, "messageId"),
+            str_field(&ack, "messageId")
+        ],
         "two writes retried: two messages"
     );
 }
@@ -326,7 +337,9 @@ async fn a_retry_after_a_reconnect_is_exactly_one_message() {
         [str_field(&ack, "messageId")]
     );
     // The subscriber saw the message once.
-    watcher.expect_silence(std::time::Duration::from_millis(500)).await;
+    watcher
+        .expect_silence(std::time::Duration::from_millis(500))
+        .await;
 }
 
 /// The gateway a client was talking to is SIGKILLed with its writes queued; the client
@@ -375,7 +388,10 @@ async fn a_retry_on_another_gateway_after_a_sigkill_is_exactly_one_message() {
     .await;
     let mut ids = stored(&stack, &gw1, &conv).await;
     ids.sort();
-    let mut want = vec![str_field(&retried.1, "messageId"), str_field(&ack, "messageId")];
+    let mut want = vec![
+        str_field(&retried.1, "messageId"),
+        str_field(&ack, "messageId"),
+    ];
     want.sort();
     assert_eq!(ids, want, "one message per write");
 }
@@ -390,8 +406,10 @@ async fn idempotency_records_go_with_their_conversation() {
     let idem = format!("confab:conv:{{{conv}}}:idem");
     assert_eq!(stack.redis.q::<u64>(&["HLEN", &idem]).await, 1);
     let redis = &stack.redis;
-    eventually_true("the conversation and its records are gone", DEADLINE, async || {
-        redis.keys(&conv_key_pattern(&conv)).await.is_empty()
-    })
+    eventually_true(
+        "the conversation and its records are gone",
+        DEADLINE,
+        async || redis.keys(&conv_key_pattern(&conv)).await.is_empty(),
+    )
     .await;
 }
