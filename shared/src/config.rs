@@ -563,6 +563,29 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_settings_have_defaults_bounds_and_zero_off() {
+        let c = Config::from_vars(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.idempotency_window_secs, 86_400);
+        assert_eq!(c.idempotency_max_keys, 1000);
+        let c = Config::from_vars(vars(&[
+            ("IDEMPOTENCY_WINDOW_SECS", "0"),
+            ("IDEMPOTENCY_MAX_KEYS", "0"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.idempotency_window_secs, c.idempotency_max_keys), (0, 0));
+        for (name, value) in [
+            ("IDEMPOTENCY_WINDOW_SECS", "400000000"),
+            ("IDEMPOTENCY_WINDOW_SECS", "-1"),
+            ("IDEMPOTENCY_MAX_KEYS", "1000001"),
+            ("IDEMPOTENCY_MAX_KEYS", "many"),
+        ] {
+            let err = Config::from_vars(vars(&[(name, value)])).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(name), "{name}={value}: {msg:?}");
+        }
+    }
+
+    #[test]
     fn secret_is_not_printed() {
         let c = Config::from_vars(vars(&[("OPENAI_API_KEY", "sk-verysecret")]))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -413,3 +413,29 @@ async fn idempotency_records_go_with_their_conversation() {
     )
     .await;
 }
+
+/// `IDEMPOTENCY_WINDOW_SECS=0` turns keys off: the same clientId or Idempotency-Key twice is
+/// two messages, as before keys existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_window_at_zero_keys_are_ignored() {
+    let stack = Stack::start(&[("IDEMPOTENCY_WINDOW_SECS", "0")]).await;
+    let http = stack.http();
+    let conv = http.create_conversation().await;
+    let a = post_keyed(&http, &conv, "k", "one").await;
+    let b = post_keyed(&http, &conv, "k", "two").await;
+    assert_eq!((a.0, b.0), (201, 201), "{a:?} {b:?}");
+    assert_ne!(a.1["messageId"], b.1["messageId"]);
+    let mut ws = Ws::connect(&stack.gw().ws_url(), None).await;
+    for _ in 0..2 {
+        ws.send_json(&send_frame(&conv, "w", "agent", "three"))
+            .await;
+        assert_eq!(answer(&mut ws).await["type"], "ack");
+    }
+    assert_eq!(stored(&stack, &http, &conv).await.len(), 4);
+    assert!(stack
+        .redis
+        .keys(&conv_key_pattern(&conv))
+        .await
+        .iter()
+        .all(|k| !k.contains(":idem")));
+}
