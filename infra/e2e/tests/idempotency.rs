@@ -14,6 +14,7 @@ use confab_e2e::*;
 in_both_modes!(
     the_same_client_id_twice_is_one_message,
     the_same_idempotency_key_twice_is_one_message_and_the_same_body,
+    a_retry_on_another_gateway_after_a_sigkill_is_exactly_one_message,
 );
 
 const TS: &str = "2025-04-05T14:00:00Z";
@@ -344,10 +345,9 @@ async fn a_retry_after_a_reconnect_is_exactly_one_message() {
 
 /// The gateway a client was talking to is SIGKILLed with its writes queued; the client
 /// retries on another gateway: exactly one message per write (REST and WebSocket).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_on_another_gateway_after_a_sigkill_is_exactly_one_message() {
+async fn a_retry_on_another_gateway_after_a_sigkill_is_exactly_one_message(mode: Mode) {
     // The killed gateway's request must still be waiting when it dies.
-    let mut stack = Stack::with(2, 1, 0, &[("REQUEST_TIMEOUT_MS", "120000")]).await;
+    let mut stack = Stack::in_mode(mode, 2, 1, 0, &[("REQUEST_TIMEOUT_MS", "120000")]).await;
     let (gw0, gw1) = (stack.gateways[0].http(), stack.gateways[1].http());
     let conv = gw0.create_conversation().await;
     stack.workers[0].process().signal(libc::SIGSTOP);
