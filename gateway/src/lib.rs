@@ -11,6 +11,7 @@
 //! - [`pipeline`]: append a command, wait for its reply (504 after `REQUEST_TIMEOUT_MS`).
 //! - [`bus`]: the Pub/Sub connection — replies, conversation events, user notices.
 //! - [`store`]: reads (conversation, chat list, event history).
+//! - [`idempotency`]: `clientId` / `Idempotency-Key` → the ids a retry repeats.
 //! - [`auth`]: users (argon2id), sessions (hashed tokens), sign-in rate limiting.
 //! - [`web`]: the browser client's files with an `index.html` fallback.
 
@@ -20,6 +21,7 @@ pub mod addr_limit;
 pub mod auth;
 pub mod bus;
 pub mod conn_limit;
+pub mod idempotency;
 pub mod pipeline;
 pub mod rest;
 pub mod server;

@@ -3,7 +3,8 @@
 //! A command travels as the JSON field `c` of an entry in its partition's command stream.
 //! Its `id` is chosen by the gateway and is the idempotency key: a command delivered twice is
 //! applied once. Ids of the things it creates (conversation, message) are chosen by the
-//! gateway too, so a redelivery creates nothing new. `reply_to` names the gateway waiting for
+//! gateway too, so a redelivery creates nothing new; when the client gave an idempotency key,
+//! they derive from it, so a client's retry (a second command) is the same thing again. `reply_to` names the gateway waiting for
 //! the [`Reply`] on its reply channel.
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,10 @@ pub enum Command {
         title: Option<String>,
         #[serde(default)]
         assistant: bool,
+        /// Set when the conversation id derives from the client's `Idempotency-Key`: the
+        /// fingerprint of the request, so a retry is told from a reuse of the key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
     },
     /// `actor` is the signed-in user (member chats); `None` for open conversations.
     SendMessage {
@@ -55,6 +60,11 @@ pub enum Command {
         /// Set when the completion worker stores the assistant's reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         assistant_reply: Option<AssistantReply>,
+        /// Set when the message id derives from the client's idempotency key (`clientId`,
+        /// `Idempotency-Key`): the fingerprint of the message, so that a retry (same key, same
+        /// message) gets the first result and a reuse (same key, other message) is refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
     },
     DeleteMessage {
         conversation_id: Uuid,

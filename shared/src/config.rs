@@ -122,6 +122,12 @@ pub struct Config {
     /// Writes without a session (creating open conversations, sending into them) per client
     /// address per second (0 = off).
     pub anon_writes_per_sec_per_addr: u64,
+    // --- idempotency ---
+    /// How long a message's idempotency key (WebSocket `clientId`, REST `Idempotency-Key`)
+    /// is remembered, in seconds (0 = off: keys are not idempotency keys).
+    pub idempotency_window_secs: u64,
+    /// Keys remembered per conversation at most; the oldest go first (0 = off).
+    pub idempotency_max_keys: u64,
 }
 
 impl Default for Config {
@@ -185,6 +191,8 @@ impl Default for Config {
             assistant_in_open_conversations: false,
             assistant_open_messages_per_min_per_addr: 10,
             anon_writes_per_sec_per_addr: 50,
+            idempotency_window_secs: 86_400,
+            idempotency_max_keys: 1000,
         }
     }
 }
@@ -243,7 +251,7 @@ impl Config {
         }
         // Upper bounds keep time arithmetic (deadlines, Instant + Duration) from overflowing.
         const YEAR_SECS: u64 = 365 * 24 * 3600;
-        let bounded: [(&str, u64, u64); 10] = [
+        let bounded: [(&str, u64, u64); 12] = [
             (
                 "CONVERSATION_TTL_SECS",
                 self.conversation_ttl_secs,
@@ -270,6 +278,12 @@ impl Config {
             ("CLAIM_IDLE_MS", self.claim_idle_ms, 24 * 3600 * 1000),
             ("WS_IDLE_TIMEOUT_SECS", self.ws_idle_timeout_secs, 24 * 3600),
             ("ASSISTANT_GIVE_UP_SECS", self.assistant_give_up_secs, 3600),
+            (
+                "IDEMPOTENCY_WINDOW_SECS",
+                self.idempotency_window_secs,
+                10 * YEAR_SECS,
+            ),
+            ("IDEMPOTENCY_MAX_KEYS", self.idempotency_max_keys, 1_000_000),
         ];
         for (name, value, max) in bounded {
             if value > max {
@@ -559,6 +573,29 @@ mod tests {
             ("ASSISTANT_IN_OPEN_CONVERSATIONS", "sometimes"),
             ("ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR", "1.5"),
             ("LOGIN_WINDOW_SECS", "0"),
+        ] {
+            let err = Config::from_vars(vars(&[(name, value)])).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(name), "{name}={value}: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_settings_have_defaults_bounds_and_zero_off() {
+        let c = Config::from_vars(vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.idempotency_window_secs, 86_400);
+        assert_eq!(c.idempotency_max_keys, 1000);
+        let c = Config::from_vars(vars(&[
+            ("IDEMPOTENCY_WINDOW_SECS", "0"),
+            ("IDEMPOTENCY_MAX_KEYS", "0"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.idempotency_window_secs, c.idempotency_max_keys), (0, 0));
+        for (name, value) in [
+            ("IDEMPOTENCY_WINDOW_SECS", "400000000"),
+            ("IDEMPOTENCY_WINDOW_SECS", "-1"),
+            ("IDEMPOTENCY_MAX_KEYS", "1000001"),
+            ("IDEMPOTENCY_MAX_KEYS", "many"),
         ] {
             let err = Config::from_vars(vars(&[(name, value)])).err();
             let msg = err.map(|e| e.to_string()).unwrap_or_default();

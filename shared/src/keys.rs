@@ -95,9 +95,17 @@ pub fn conv_answer(id: &Uuid) -> String {
 pub fn conv_failed(id: &Uuid) -> String {
     format!("confab:conv:{{{id}}}:failed")
 }
+/// Idempotency records: message id (derived from the client's key) → content fingerprint.
+pub fn conv_idem(id: &Uuid) -> String {
+    format!("confab:conv:{{{id}}}:idem")
+}
+/// The same records by age (score: when the first command was accepted, ms), for trimming.
+pub fn conv_idem_at(id: &Uuid) -> String {
+    format!("confab:conv:{{{id}}}:idemat")
+}
 
 /// All keys a conversation owns, in the order the Lua scripts expect them.
-pub fn conv_keys(id: &Uuid) -> [String; 7] {
+pub fn conv_keys(id: &Uuid) -> [String; 9] {
     [
         conv_meta(id),
         conv_order(id),
@@ -106,6 +114,8 @@ pub fn conv_keys(id: &Uuid) -> [String; 7] {
         conv_members(id),
         conv_answer(id),
         conv_failed(id),
+        conv_idem(id),
+        conv_idem_at(id),
     ]
 }
 

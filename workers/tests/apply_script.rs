@@ -43,6 +43,8 @@ fn ctx(part: &'static str, epoch: u64, max_messages: u64, cluster: bool) -> Cont
         max_bytes: 0,
         open_ttl_ms: 60_000,
         member_ttl_ms: 60_000,
+        idem_window_ms: 60_000,
+        idem_max: 1000,
     }
 }
 
@@ -57,6 +59,7 @@ fn create(cid: Uuid) -> CommandEnvelope {
             members: vec![],
             title: None,
             assistant: false,
+            fingerprint: None,
         },
     }
 }
@@ -77,6 +80,7 @@ fn send_with(cid: Uuid, message_id: Uuid, text: &str) -> CommandEnvelope {
             },
             actor: None,
             assistant_reply: None,
+            fingerprint: None,
         },
     }
 }
@@ -471,5 +475,193 @@ mod send_fast_path {
             let ttl: i64 = f.redis.q(&["PTTL", k]).await;
             assert!(ttl > 60_000, "{k}: {ttl}");
         }
+    }
+}
+
+/// Idempotency records: a message whose id derives from the client's key (a fingerprint comes
+/// along) is remembered per conversation, so a retry — a new command with the same id — gets
+/// the first result even after a delete, and the key reused for other content is refused.
+mod idempotency_records {
+    use super::*;
+    use confab_workers::persistence::apply::SendRequest;
+
+    fn keyed(cid: Uuid, mid: Uuid, text: &str, fp: &str) -> CommandEnvelope {
+        let mut env = send_with(cid, mid, text);
+        if let Command::SendMessage { fingerprint, .. } = &mut env.command {
+            *fingerprint = Some(fp.into());
+        }
+        env
+    }
+
+    fn delete(cid: Uuid, mid: Uuid) -> CommandEnvelope {
+        CommandEnvelope {
+            id: Uuid::new_v4(),
+            trace: None,
+            reply_to: None,
+            command: Command::DeleteMessage {
+                conversation_id: cid,
+                message_id: mid,
+                actor: None,
+            },
+        }
+    }
+
+    impl Fixture {
+        async fn fast_keyed(
+            &self,
+            ctx: &Context<'_>,
+            entry: &str,
+            env: &CommandEnvelope,
+        ) -> Option<ApplyReply> {
+            let send = Lua::new(include_str!("../src/lua/send.lua"));
+            send.load(&mut self.conn.clone()).await.unwrap();
+            let req = apply::request(ctx, entry, None, env);
+            let fast = SendRequest::for_command(&req).expect("a plain send");
+            let cid = env.command.conversation_id();
+            let v: redis::Value = send
+                .call_argv(&SendRequest::keys(&cid), fast.argv())
+                .query_async(&mut self.conn.clone())
+                .await
+                .unwrap();
+            SendRequest::reply(&v).unwrap()
+        }
+
+        async fn records(&self, cid: Uuid) -> (u64, u64) {
+            (
+                self.redis.q(&["HLEN", &keys::conv_idem(&cid)]).await,
+                self.redis.q(&["ZCARD", &keys::conv_idem_at(&cid)]).await,
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_gets_the_first_result_and_a_reused_key_is_refused() {
+        let f = fixture(Mode::Standalone).await;
+        let c = ctx("p0-1", 1, 100, false);
+        let cid = Uuid::new_v4();
+        f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+        let mid = Uuid::new_v4();
+        // The first command takes the hot path and leaves a record, with the keys' expiry.
+        let first = f
+            .fast_keyed(&c, &f.e(2, 0), &keyed(cid, mid, "hi", "fp1"))
+            .await
+            .expect("applied by send.lua");
+        assert_eq!(first.outcome, Outcome::Applied);
+        assert_eq!(f.records(cid).await, (1, 1));
+        for k in [keys::conv_idem(&cid), keys::conv_idem_at(&cid)] {
+            let ttl: i64 = f.redis.q(&["PTTL", &k]).await;
+            assert!(ttl > 60_000, "{k}: {ttl}");
+        }
+        // The client's retry (a new command): send.lua declines, apply.lua answers the first
+        // result and writes nothing.
+        let retry = keyed(cid, mid, "hi", "fp1");
+        assert!(f.fast_keyed(&c, &f.e(3, 0), &retry).await.is_none());
+        let again = f.apply(&c, &f.e(3, 0), None, &retry).await;
+        assert_eq!(again.outcome, Outcome::Duplicate);
+        assert_eq!(again.failed, None);
+        assert_eq!(f.messages(cid).await, 1);
+        // Even once the message is deleted, a retry does not bring it back.
+        assert_eq!(
+            f.apply(&c, &f.e(4, 0), None, &delete(cid, mid))
+                .await
+                .outcome,
+            Outcome::Applied
+        );
+        let late = f
+            .apply(&c, &f.e(5, 0), None, &keyed(cid, mid, "hi", "fp1"))
+            .await;
+        assert_eq!(late.outcome, Outcome::Duplicate);
+        assert_eq!(f.messages(cid).await, 0);
+        // The same key for another message: refused, and a redelivery answers the same.
+        let other = keyed(cid, mid, "something else", "fp2");
+        let reused = f.apply(&c, &f.e(6, 0), None, &other).await;
+        assert_eq!(reused.outcome, Outcome::KeyReused);
+        let redelivered = f.apply(&c, &f.e(6, 0), None, &other).await;
+        assert_eq!(redelivered.outcome, Outcome::Duplicate);
+        assert_eq!(redelivered.failed, Some(Outcome::KeyReused));
+        assert_eq!(f.messages(cid).await, 0);
+        assert_eq!(f.meta(cid, "cm").await, Some((f.base + 6).to_string()));
+    }
+
+    #[tokio::test]
+    async fn records_are_trimmed_by_count_and_by_age() {
+        let f = fixture(Mode::Standalone).await;
+        let mut c = ctx("p0-1", 1, 100, false);
+        c.idem_max = 3;
+        c.idem_window_ms = 10_000;
+        let cid = Uuid::new_v4();
+        f.apply(&c, &f.e(1, 0), None, &create(cid)).await;
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        for (i, mid) in ids.iter().enumerate() {
+            let env = keyed(cid, *mid, "m", "fp");
+            let entry = f.e(2 + i as u64, 0);
+            // Both scripts keep the cap: the hot path for even ones, apply.lua for odd ones.
+            if i % 2 == 0 {
+                assert!(f.fast_keyed(&c, &entry, &env).await.is_some());
+            } else {
+                let r = f.apply(&c, &entry, None, &env).await;
+                assert_eq!(r.outcome, Outcome::Applied);
+            }
+        }
+        assert_eq!(f.records(cid).await, (3, 3));
+        let kept: Vec<String> = f
+            .redis
+            .q(&["ZRANGE", &keys::conv_idem_at(&cid), "0", "-1"])
+            .await;
+        let newest: Vec<String> = ids[2..].iter().map(Uuid::to_string).collect();
+        assert_eq!(kept, newest, "the oldest go first");
+        // Past the window, the next keyed write drops the records older than it.
+        let env = keyed(cid, Uuid::new_v4(), "later", "fp");
+        assert_eq!(
+            f.apply(&c, &f.e(20_000, 0), None, &env).await.outcome,
+            Outcome::Applied
+        );
+        assert_eq!(f.records(cid).await, (1, 1));
+        // A record past the window no longer answers (its message still exists, so the id
+        // check still calls a resubmission a duplicate).
+        let mut short = ctx("p0-1", 1, 100, false);
+        short.idem_window_ms = 1;
+        let stale = f
+            .apply(
+                &short,
+                &f.e(20_010, 0),
+                None,
+                &keyed(cid, ids[4], "other", "fp9"),
+            )
+            .await;
+        assert_eq!(stale.outcome, Outcome::Duplicate);
+        assert_eq!(stale.failed, None);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_creation_retried_is_the_first_result_and_reused_is_refused() {
+        let f = fixture(Mode::Standalone).await;
+        let c = ctx("p0-1", 1, 100, false);
+        let cid = Uuid::new_v4();
+        let with_fp = |fp: &str| {
+            let mut env = create(cid);
+            if let Command::CreateConversation { fingerprint, .. } = &mut env.command {
+                *fingerprint = Some(fp.into());
+            }
+            env
+        };
+        assert_eq!(
+            f.apply(&c, &f.e(1, 0), None, &with_fp("c1")).await.outcome,
+            Outcome::Applied
+        );
+        assert_eq!(
+            f.apply(&c, &f.e(2, 0), None, &with_fp("c1")).await.outcome,
+            Outcome::Duplicate
+        );
+        assert_eq!(
+            f.apply(&c, &f.e(3, 0), None, &with_fp("c2")).await.outcome,
+            Outcome::KeyReused
+        );
+        // Without a key, an existing id is still a conflict.
+        assert_eq!(
+            f.apply(&c, &f.e(4, 0), None, &create(cid)).await.outcome,
+            Outcome::Exists
+        );
+        assert_eq!(f.meta(cid, "ik").await.as_deref(), Some("c1"));
     }
 }

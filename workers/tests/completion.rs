@@ -174,6 +174,7 @@ impl Stack {
             members: vec![],
             title: None,
             assistant: true,
+            fingerprint: None,
         })
         .await;
         let mut c = self.conn.clone();
@@ -205,6 +206,7 @@ impl Stack {
             message,
             actor: None,
             assistant_reply: None,
+            fingerprint: None,
         })
         .await;
     }
@@ -705,6 +707,7 @@ async fn a_redelivered_send_is_applied_once_and_its_side_effects_are_redone() {
             message,
             actor: None,
             assistant_reply: None,
+            fingerprint: None,
         },
     };
     let mut c = s.conn.clone();

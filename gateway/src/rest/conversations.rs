@@ -13,6 +13,7 @@ use warp::reply::Response;
 use super::body::{opt_str, Body};
 use super::errors::{json, json_response, ApiError, ApiResult};
 use crate::auth::Session;
+use crate::idempotency;
 use crate::state::AppState;
 use crate::store::Kind;
 
@@ -40,8 +41,10 @@ pub async fn create(
     state: AppState,
     session: Option<Session>,
     addr: Option<std::net::SocketAddr>,
+    key: Result<Option<String>, ApiError>,
     body: Body,
 ) -> ApiResult {
+    let key = key?;
     let obj = body.json_object(false)?.unwrap_or_default();
     let assistant_field = match obj.get("assistant") {
         None | Some(Value::Null) => None,
@@ -56,8 +59,15 @@ pub async fn create(
     if session.is_none() {
         count_anonymous_write(&state, addr.map(|a| a.ip())).await?;
     }
-    let conversation_id = state.pipeline.new_conversation_id();
-    let command = match session {
+    let user = session.as_ref().map(|s| s.username.clone());
+    // With a key, the id is the key's (so a retry names the same conversation); without,
+    // the next partition's in turn.
+    let keyed = key.filter(|_| state.cfg.idempotency_window_secs > 0);
+    let conversation_id = match &keyed {
+        Some(k) => idempotency::conversation_id(user.as_deref(), k),
+        None => state.pipeline.new_conversation_id(),
+    };
+    let mut command = match session {
         None if assistant_field == Some(true) && !state.cfg.assistant_in_open_conversations => {
             return Err(assistant_disabled())
         }
@@ -67,6 +77,7 @@ pub async fn create(
             members: Vec::new(),
             title: None,
             assistant: assistant_field.unwrap_or(false),
+            fingerprint: None,
         },
         Some(s) => {
             let title = opt_str(&obj, "title")?.unwrap_or("").trim().to_string();
@@ -90,9 +101,31 @@ pub async fn create(
                 members,
                 title: Some(title),
                 assistant: assistant_field.unwrap_or(true),
+                fingerprint: None,
             }
         }
     };
+    if keyed.is_some() {
+        if let Command::CreateConversation {
+            owner,
+            members,
+            title,
+            assistant,
+            fingerprint,
+            ..
+        } = &mut command
+        {
+            let kind = if owner.is_some() { "member" } else { "open" };
+            let members = members.join("\n");
+            *fingerprint = Some(idempotency::fingerprint(&[
+                "create",
+                kind,
+                if *assistant { "1" } else { "0" },
+                title.as_deref().unwrap_or(""),
+                &members,
+            ]));
+        }
+    }
     apply(&state, command).await
 }
 
@@ -347,30 +380,63 @@ pub fn build_message(
     })
 }
 
+/// Makes `message` the one idempotency `key` names in conversation `id` for `user` (its id
+/// derives from the key) and returns its fingerprint: sender, content, and the client's
+/// timestamp where the client gives one (open conversations). `None` (nothing changed)
+/// without a key, for an empty one, or with `IDEMPOTENCY_WINDOW_SECS=0`.
+pub fn keyed_message(
+    state: &AppState,
+    id: Uuid,
+    user: Option<&str>,
+    key: Option<&str>,
+    obj: &Map<String, Value>,
+    kind: Kind,
+    message: &mut Message,
+) -> Option<String> {
+    let key = key.filter(|k| !k.is_empty() && state.cfg.idempotency_window_secs > 0)?;
+    message.message_id = idempotency::message_id(&id, user, key);
+    let timestamp = match kind {
+        Kind::Open => obj.get("timestamp").and_then(Value::as_str).unwrap_or(""),
+        Kind::Member => "",
+    };
+    Some(idempotency::fingerprint(&[
+        "message",
+        &message.sender,
+        &message.content,
+        timestamp,
+    ]))
+}
+
 /// `POST /api/conversations/:id/messages`.
 pub async fn send(
     state: AppState,
     raw_id: String,
     session: Option<Session>,
     addr: Option<std::net::SocketAddr>,
+    key: Result<Option<String>, ApiError>,
     body: Body,
 ) -> ApiResult {
     let id = parse_conv_id(&raw_id)?;
+    let key = key?;
     let (kind, actor) = access(&state, id, &session).await?;
-    let message = body.json_object(true).and_then(|obj| {
+    let built = body.json_object(true).and_then(|obj| {
+        let obj = obj.unwrap_or_default();
         build_message(
-            &obj.unwrap_or_default(),
+            &obj,
             kind,
             actor.as_deref(),
             state.cfg.max_message_bytes,
             Via::Rest,
         )
+        .map(|m| (m, obj))
     });
-    let message = match message {
-        Ok(m) => m,
+    let (mut message, obj) = match built {
+        Ok(built) => built,
         // A member chat's existence is not revealed to outsiders, even by a validation error.
         Err(e) => return Err(hide_from_outsiders(&state, id, kind, actor.as_deref(), e).await),
     };
+    let user = session.as_ref().map(|s| s.username.as_str());
+    let fingerprint = keyed_message(&state, id, user, key.as_deref(), &obj, kind, &mut message);
     if session.is_none() {
         count_anonymous_write(&state, addr.map(|a| a.ip())).await?;
     }
@@ -384,6 +450,7 @@ pub async fn send(
             message,
             actor,
             assistant_reply: None,
+            fingerprint,
         },
     )
     .await

@@ -67,6 +67,16 @@ fn client_addr(
         .map(|a: Option<crate::server::ClientAddr>| a.map(|c| c.0))
 }
 
+/// The request's `Idempotency-Key`, checked ([`crate::idempotency::from_headers`]); the
+/// handler answers a bad one with its 400.
+fn idempotency_key(
+) -> impl Filter<Extract = (Result<Option<String>, errors::ApiError>,), Error = Infallible> + Clone
+{
+    warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
+        crate::idempotency::from_headers(h.get_all(crate::idempotency::HEADER))
+    })
+}
+
 fn json_body(state: &AppState) -> impl Filter<Extract = (body::Body,), Error = Rejection> + Clone {
     // Room for a maximal message escaped as JSON (up to 6 bytes per byte) plus the other fields.
     body::body(
@@ -87,8 +97,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
             .and(s())
             .and(auth())
             .and(client_addr())
+            .and(idempotency_key())
             .and(body())
-            .then(|st, se, addr, b| async move { respond(c::create(st, se, addr, b).await) })
+            .then(|st, se, addr, k, b| async move { respond(c::create(st, se, addr, k, b).await) })
             .or(warp::get()
                 .and(s())
                 .and(auth())
@@ -105,8 +116,11 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(s())
         .and(auth())
         .and(client_addr())
+        .and(idempotency_key())
         .and(body())
-        .then(|id, st, se, addr, b| async move { respond(c::send(st, id, se, addr, b).await) });
+        .then(
+            |id, st, se, addr, k, b| async move { respond(c::send(st, id, se, addr, k, b).await) },
+        );
     let message = warp::path!("api" / "conversations" / String / "messages" / String)
         .and(warp::delete())
         .and(s())

@@ -27,7 +27,8 @@ use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
 use crate::rest::conversations::{
-    build_message, count_anonymous_write, count_assistant_message, open_with_assistant, Via,
+    build_message, count_anonymous_write, count_assistant_message, keyed_message,
+    open_with_assistant, Via,
 };
 use crate::state::AppState;
 use crate::store::Kind;
@@ -465,7 +466,7 @@ impl Conn {
             Kind::Member => self.me().map(str::to_string),
             Kind::Open => None,
         };
-        let message = build_message(
+        let mut message = build_message(
             &body,
             kind,
             actor.as_deref(),
@@ -473,6 +474,16 @@ impl Conn {
             Via::WebSocket,
         )
         .map_err(|e| FrameError::new(e.code, e.message).with_ref(reference.clone()))?;
+        // The clientId is the message's idempotency key: a retry is the same message.
+        let fingerprint = keyed_message(
+            &self.state,
+            id,
+            self.me(),
+            client_id.as_deref(),
+            &body,
+            kind,
+            &mut message,
+        );
         if kind == Kind::Open {
             let gate = async {
                 if self.session.is_none() {
@@ -507,6 +518,7 @@ impl Conn {
                     message,
                     actor,
                     assistant_reply: None,
+                    fingerprint,
                 },
                 &trace,
             )

@@ -511,6 +511,7 @@ impl Answerer {
                     answers_up_to: hseq,
                     done_event: done,
                 }),
+                fingerprint: None,
             },
         };
         let mut conn = self.conn.clone();

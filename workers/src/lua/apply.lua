@@ -1,7 +1,8 @@
 -- apply.lua — applies one command to one conversation, atomically. (A plain new message
 -- takes send.lua, a lighter copy of the send path below; what it declines comes here.)
 --
--- KEYS (one hash tag, the conversation's): meta, order, msgs, events, members, answer, failed
+-- KEYS (one hash tag, the conversation's): meta, order, msgs, events, members, answer, failed,
+-- idem, idemat
 -- ARGV[1]: the request, MessagePack — `ApplyRequest` in persistence/apply.rs, the same
 -- fields for every op, those without a value left out (read as ''); numbers as decimal
 -- strings:
@@ -24,8 +25,12 @@
 --   answers_up_to, done_event   (send; the last two for assistant replies)
 --   owner ('' = open), title, assistant_arg ('1'), ttl_ms, members   (create)
 --   username    (add_member)
+--   fingerprint the request's fingerprint when its id (message_id, or the conversation's for
+--               create) derives from the client's idempotency key ('' = no key)
+--   idem_window, idem_max   how long (ms) and how many (per conversation) idempotency
+--               records are kept ('0' = off)
 -- Returns a MessagePack map — `ApplyReply`: outcome ('applied' | 'duplicate' | 'not_found' |
--- 'message_not_found' | 'forbidden' | 'full' | 'full_bytes' | 'exists' | 'fenced' |
+-- 'message_not_found' | 'forbidden' | 'full' | 'full_bytes' | 'exists' | 'key_reused' | 'fenced' |
 -- 'out_of_order'),
 -- event_id, deadline, assistant, hseq, members, failed.
 --
@@ -36,16 +41,21 @@
 -- what max_bytes bounds) | cm cs (cursor: the last applied
 -- entry) fp fe (fence: partition and epoch of the last writer) | hseq (newest human eventId)
 -- aseq (answered up to) | xp (when the keys expire; pushed out in steps of ttl/8, so most
--- writes touch no TTL).
+-- writes touch no TTL) | ik (the creation's fingerprint, when its id came from a key).
+-- Idempotency: a message whose id derives from the client's key has a record in idem
+-- (message id → fingerprint) and idemat (message id scored by its command's ms), trimmed by
+-- age (idem_window) and count (idem_max, oldest first). A later command with the same id
+-- (the client's retry) answers the first result, or 'key_reused' when the fingerprint differs.
 -- Numbers travel as strings where they can: a Lua number in redis.call is formatted with
 -- printf, which costs more than the command.
 
 local req = cmsgpack.unpack(ARGV[1])
-local op, prefix, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, max_bytes, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username = req.op or '', req.prefix or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.max_bytes or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or ''
+local op, prefix, ms, seq, after_ms, after_seq, part, epoch, publish, channel, history, grace_ms, event_head, event_tail, actor, message_id, message, human, max_messages, max_bytes, answers_up_to, done_event, owner, title, assistant_arg, ttl_ms, username, fingerprint, idem_window, idem_max = req.op or '', req.prefix or '', req.ms or '', req.seq or '', req.after_ms or '', req.after_seq or '', req.part or '', req.epoch or '', req.publish or '', req.channel or '', req.history or '', req.grace_ms or '', req.event_head or '', req.event_tail or '', req.actor or '', req.message_id or '', req.message or '', req.human or '', req.max_messages or '', req.max_bytes or '', req.answers_up_to or '', req.done_event or '', req.owner or '', req.title or '', req.assistant_arg or '', req.ttl_ms or '', req.username or '', req.fingerprint or '', req.idem_window or '', req.idem_max or ''
 local META, ORDER, MSGS, EVENTS, MEMBERS, FAILED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]
+local IDEM, IDEMAT = KEYS[8], KEYS[9]
 
 local m = redis.call('HMGET', META, 'kind', 'assistant', 'ttl', 'cm', 'cs', 'fp', 'fe',
-  'eseq', 'cnt', 'xp', 'hseq', 'last', 'bytes')
+  'eseq', 'cnt', 'xp', 'hseq', 'last', 'bytes', 'ik')
 local ckind = m[1]
 local member = ckind == 'member'
 
@@ -145,6 +155,43 @@ local function refuse(outcome, fields)
   return answer(outcome)
 end
 
+-- Idempotency records (see the header). The window and the cap are the worker's settings.
+local window, idem_cap = tonumber(idem_window) or 0, tonumber(idem_max) or 0
+local keyed = fingerprint ~= '' and window > 0 and idem_cap > 0
+
+-- The record of message_id within the window: its fingerprint, or nil.
+local function recorded()
+  local fp = redis.call('HGET', IDEM, message_id)
+  if fp and tonumber(redis.call('ZSCORE', IDEMAT, message_id) or 0) >= ms_n - window then
+    return fp
+  end
+  return nil
+end
+
+-- Records message_id's fingerprint, then trims the records by age and count (a bounded
+-- number per call, so lowering the cap never makes one call long).
+local function remember(created)
+  if redis.call('EXISTS', IDEMAT) == 0 then
+    created[#created + 1] = IDEM
+    created[#created + 1] = IDEMAT
+  end
+  redis.call('HSET', IDEM, message_id, fingerprint)
+  redis.call('ZADD', IDEMAT, ms, message_id)
+  local old = redis.call('ZRANGEBYSCORE', IDEMAT, '-inf', '(' .. string.format('%d', ms_n - window),
+    'LIMIT', 0, 64)
+  if #old > 0 then
+    redis.call('HDEL', IDEM, unpack(old))
+    redis.call('ZREM', IDEMAT, unpack(old))
+  end
+  local over = redis.call('ZCARD', IDEMAT) - idem_cap
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', IDEMAT, math.min(over, 64))
+    for i = 1, #popped, 2 do
+      redis.call('HDEL', IDEM, popped[i])
+    end
+  end
+end
+
 -- Appends a non-message event to the history and publishes it, in one step: Pub/Sub order
 -- is eventId order.
 local function emit(fields, created)
@@ -176,6 +223,19 @@ if op == 'send' then
   local fields = {}
   if answers_up_to ~= '' and tonumber(answers_up_to) > tonumber(redis.call('HGET', META, 'aseq') or 0) then
     fields[1], fields[2] = 'aseq', answers_up_to
+  end
+  -- The client's retry of a message it sent before (same key, so the same message id, in a
+  -- new command): the first result, whatever happened since (even a delete, or the
+  -- conversation filling up); the same key for another message is refused.
+  if keyed then
+    local fp = recorded()
+    if fp and fp ~= fingerprint then
+      return refuse('key_reused', fields)
+    elseif fp then
+      cursor(fields)
+      redis.call('HSET', META, unpack(fields))
+      return answer('duplicate')
+    end
   end
   if cnt >= tonumber(max_messages) then
     return refuse('full', fields)
@@ -209,13 +269,36 @@ if op == 'send' then
   if cnt == 0 then
     created = { ORDER, MSGS }
   end
+  if keyed then
+    remember(created)
+  end
   return answer('applied', eseq, finish(fields, created))
 end
 
 if op == 'create' then
   -- owner ('' = an open conversation), title, assistant, ttl_ms, members
   if ckind then
-    return gate() or answer('exists')
+    local stop = gate()
+    if stop then
+      return stop
+    end
+    -- The id came from the client's key: this is its retry (the same request: the first
+    -- result) or a reuse of the key for another request (refused).
+    if fingerprint ~= '' then
+      if m[14] ~= fingerprint then
+        return refuse('key_reused', {})
+      end
+      local fields = {}
+      cursor(fields)
+      redis.call('HSET', META, unpack(fields))
+      local r = { outcome = 'duplicate', event_id = 0, deadline = deadline_now(),
+        assistant = assistant, hseq = hseq }
+      if member then
+        r.members = members_sorted()
+      end
+      return cmsgpack.pack(r)
+    end
+    return answer('exists')
   end
   ckind = owner == '' and 'open' or 'member'
   member = ckind == 'member'
@@ -223,6 +306,9 @@ if op == 'create' then
   ttl = tonumber(ttl_ms)
   local fields = { 'kind', ckind, 'owner', owner, 'title', title,
     'assistant', assistant and '1' or '0', 'created', ms, 'ttl', ttl_ms, 'eseq', '0', 'cnt', '0' }
+  if fingerprint ~= '' then
+    fields[#fields + 1], fields[#fields + 2] = 'ik', fingerprint
+  end
   local created = { META }
   if member then
     redis.call('SADD', MEMBERS, owner, unpack(req.members or {}))

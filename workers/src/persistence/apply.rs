@@ -27,6 +27,9 @@ pub struct Context<'a> {
     pub max_bytes: u64,
     pub open_ttl_ms: u64,
     pub member_ttl_ms: u64,
+    /// How long idempotency records are kept (ms) and how many per conversation (0 = off).
+    pub idem_window_ms: u64,
+    pub idem_max: u64,
 }
 
 /// `ARGV[1]` of apply.lua: one MessagePack map with the same fields for every op
@@ -64,6 +67,8 @@ pub enum Op<'a> {
         assistant: bool,
         ttl_ms: u64,
         members: &'a [String],
+        /// The request's fingerprint when the id derives from the client's key ('' = none).
+        fingerprint: &'a str,
     },
     Send {
         actor: &'a str,
@@ -74,6 +79,10 @@ pub enum Op<'a> {
         max_bytes: u64,
         answers_up_to: Option<u64>,
         done_event: Option<&'a str>,
+        /// The message's fingerprint when its id derives from the client's key ('' = none).
+        fingerprint: &'a str,
+        idem_window_ms: u64,
+        idem_max: u64,
     },
     Delete {
         actor: &'a str,
@@ -87,7 +96,7 @@ pub enum Op<'a> {
 
 impl ApplyRequest<'_> {
     /// The request's fields, as the script names them; `members` (a list) follows.
-    pub const FIELDS: [&'static str; 27] = [
+    pub const FIELDS: [&'static str; 30] = [
         "op",
         "prefix",
         "ms",
@@ -115,6 +124,9 @@ impl ApplyRequest<'_> {
         "assistant_arg",
         "ttl_ms",
         "username",
+        "fingerprint",
+        "idem_window",
+        "idem_max",
     ];
 
     /// The request as apply.lua's one argument; empty fields are left out (the script reads
@@ -149,7 +161,9 @@ impl ApplyRequest<'_> {
                 assistant,
                 ttl_ms,
                 members: m,
+                fingerprint,
             } => {
+                set("fingerprint", (*fingerprint).into());
                 set("op", "create".into());
                 set("owner", (*owner).into());
                 set("title", (*title).into());
@@ -166,8 +180,14 @@ impl ApplyRequest<'_> {
                 max_bytes,
                 answers_up_to,
                 done_event,
+                fingerprint,
+                idem_window_ms,
+                idem_max,
             } => {
                 set("op", "send".into());
+                set("fingerprint", (*fingerprint).into());
+                set("idem_window", idem_window_ms.to_string());
+                set("idem_max", idem_max.to_string());
                 set("actor", (*actor).into());
                 set("message_id", message_id.clone());
                 set("message", message.clone());
@@ -206,7 +226,7 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    pub const ARGV: [&'static str; 17] = [
+    pub const ARGV: [&'static str; 20] = [
         "ms",
         "seq",
         "after_ms",
@@ -224,6 +244,9 @@ impl SendRequest {
         "human",
         "max_messages",
         "max_bytes",
+        "fingerprint",
+        "idem_window",
+        "idem_max",
     ];
 
     /// send.lua's request for a plain send (not an assistant reply, which goes to apply.lua).
@@ -237,6 +260,9 @@ impl SendRequest {
             max_bytes,
             answers_up_to: None,
             done_event: None,
+            fingerprint,
+            idem_window_ms,
+            idem_max,
         } = &req.op
         else {
             return None;
@@ -260,6 +286,9 @@ impl SendRequest {
             if *human { "1" } else { "" }.to_string(),
             max_messages.to_string(),
             max_bytes.to_string(),
+            fingerprint.to_string(),
+            idem_window_ms.to_string(),
+            idem_max.to_string(),
         ];
         Some(SendRequest { argv })
     }
@@ -268,8 +297,8 @@ impl SendRequest {
         &self.argv
     }
 
-    /// The keys send.lua takes: meta, order, msgs, members, events, failed.
-    pub fn keys(id: &Uuid) -> [String; 6] {
+    /// The keys send.lua takes: meta, order, msgs, members, events, failed, idem, idemat.
+    pub fn keys(id: &Uuid) -> [String; 8] {
         [
             keys::conv_meta(id),
             keys::conv_order(id),
@@ -277,6 +306,8 @@ impl SendRequest {
             keys::conv_members(id),
             keys::conv_events(id),
             keys::conv_failed(id),
+            keys::conv_idem(id),
+            keys::conv_idem_at(id),
         ]
     }
 
@@ -312,6 +343,8 @@ pub enum Outcome {
     /// The message would take the conversation past `MAX_CONVERSATION_BYTES`.
     FullBytes,
     Exists,
+    /// The client's idempotency key was used before for another request.
+    KeyReused,
     /// Another replica owns the partition now and has written here: stop.
     Fenced,
     /// The command before it in the batch did not apply: retry both, in order.
@@ -352,6 +385,7 @@ pub fn request<'a>(
             members,
             title,
             assistant,
+            fingerprint,
             ..
         } => (
             Op::Create {
@@ -364,6 +398,7 @@ pub fn request<'a>(
                     ctx.open_ttl_ms
                 },
                 members,
+                fingerprint: fingerprint.as_deref().unwrap_or(""),
             },
             None,
         ),
@@ -371,6 +406,7 @@ pub fn request<'a>(
             message,
             actor,
             assistant_reply,
+            fingerprint,
             ..
         } => {
             // The message ends its event; the script appends it to the tail (`0}` here).
@@ -391,6 +427,9 @@ pub fn request<'a>(
                     max_bytes: ctx.max_bytes,
                     answers_up_to: assistant_reply.as_ref().map(|r| r.answers_up_to),
                     done_event: assistant_reply.as_ref().map(|r| r.done_event.as_str()),
+                    fingerprint: fingerprint.as_deref().unwrap_or(""),
+                    idem_window_ms: ctx.idem_window_ms,
+                    idem_max: ctx.idem_max,
                 },
                 event,
             )
@@ -498,6 +537,11 @@ impl Applied<'_> {
                 ),
             ),
             Some(Outcome::Exists) => error(409, "conflict", "Conversation already exists"),
+            Some(Outcome::KeyReused) => error(
+                422,
+                "idempotency_key_reused",
+                "This idempotency key was already used for a different request",
+            ),
             Some(Outcome::Fenced | Outcome::OutOfOrder) => error(
                 503,
                 "unavailable",
@@ -574,6 +618,8 @@ mod tests {
             max_bytes: 0,
             open_ttl_ms: 1_800_000,
             member_ttl_ms: 7_000_000,
+            idem_window_ms: 86_400_000,
+            idem_max: 1000,
         }
     }
 
@@ -593,6 +639,7 @@ mod tests {
                 },
                 actor: None,
                 assistant_reply: None,
+                fingerprint: None,
             },
         }
     }
@@ -696,6 +743,14 @@ mod tests {
         .reply(10, 0);
         assert_eq!(r.status, 409);
         assert_eq!(r.body["error"]["code"], "conversation_full");
+        let reused = reply(Outcome::KeyReused);
+        let r = Applied {
+            env: &env,
+            reply: &reused,
+        }
+        .reply(10, 0);
+        assert_eq!(r.status, 422);
+        assert_eq!(r.body["error"]["code"], "idempotency_key_reused");
         let nf = reply(Outcome::NotFound);
         assert_eq!(
             Applied {

@@ -96,11 +96,15 @@ export class Api {
     return this.request('GET', `/api/conversations/${encodeURIComponent(id)}`);
   }
 
+  /** `idempotencyKey` (the message's clientId) makes a retry the same message. */
   postMessage(
     id: string,
     body: { content: string; timestamp?: string; sender?: OpenSender },
+    idempotencyKey?: string,
   ): Promise<{ messageId: string }> {
-    return this.request('POST', `/api/conversations/${encodeURIComponent(id)}/messages`, body);
+    return this.request('POST', `/api/conversations/${encodeURIComponent(id)}/messages`, body, {
+      idempotencyKey,
+    });
   }
 
   deleteMessage(id: string, messageId: string): Promise<unknown> {
@@ -126,9 +130,10 @@ export class Api {
     method: string,
     path: string,
     body?: unknown,
-    opts: { auth?: boolean; signal?: AbortSignal; quiet401?: boolean } = {},
+    opts: { auth?: boolean; signal?: AbortSignal; quiet401?: boolean; idempotencyKey?: string } = {},
   ): Promise<T> {
     const headers: Record<string, string> = { Accept: 'application/json' };
+    if (opts.idempotencyKey) headers['Idempotency-Key'] = opts.idempotencyKey;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const useAuth = opts.auth !== false && !!this.options.token;
     if (useAuth) headers.Authorization = `Bearer ${this.options.token}`;

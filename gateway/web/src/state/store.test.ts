@@ -352,11 +352,15 @@ describe('ChatStore: sending', () => {
     await flush();
     expect(conv('o1').kind).toBe('open');
     await store.send('o1', 'Hi from support', 'agent');
-    expect(api.postMessage).toHaveBeenCalledWith('o1', {
-      content: 'Hi from support',
-      sender: 'agent',
-      timestamp: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/),
-    });
+    expect(api.postMessage).toHaveBeenCalledWith(
+      'o1',
+      {
+        content: 'Hi from support',
+        sender: 'agent',
+        timestamp: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/),
+      },
+      expect.any(String), // the clientId, as the Idempotency-Key
+    );
   });
 
   it('marks a rejected send as failed and can retry it', async () => {
@@ -369,9 +373,14 @@ describe('ChatStore: sending', () => {
     await flush();
     await store.send('c1', 'hi');
     expect(conv().pending[0]).toMatchObject({ status: 'failed', error: 'Too many messages' });
-    store.retry('c1', conv().pending[0]!.clientId);
+    const first = conv().pending[0]!;
+    store.retry('c1', first.clientId);
     await flush();
     expect(postMessage).toHaveBeenCalledTimes(2);
     expect(conv().pending[0]).toMatchObject({ status: 'sending', messageId: 'ok' });
+    // The retry is the same message: same clientId (the Idempotency-Key) and timestamp.
+    expect(conv().pending[0]).toMatchObject({ clientId: first.clientId, timestamp: first.timestamp });
+    expect(postMessage.mock.calls[1]![2]).toBe(first.clientId);
+    expect(postMessage.mock.calls[1]![1]).toEqual(postMessage.mock.calls[0]![1]);
   });
 });

@@ -348,14 +348,21 @@ export class ChatStore {
     }
   }
 
-  async send(id: string, content: string, sender?: OpenSender): Promise<void> {
+  /** `again` (a retry) keeps the first attempt's clientId and timestamp: the clientId is the
+   * message's idempotency key, so the server stores it once however often it is sent. */
+  async send(
+    id: string,
+    content: string,
+    sender?: OpenSender,
+    again?: { clientId: string; timestamp: string },
+  ): Promise<void> {
     const text = content.replace(/\s+$/, '');
     if (!text.trim()) return;
     const conv = this.state.convs[id];
     const openChat = conv?.kind === 'open';
     const who = openChat ? (sender ?? 'customer') : (this.state.me ?? sender ?? 'customer');
-    const timestamp = new Date(this.clock.now()).toISOString();
-    const clientId = this.newClientId();
+    const timestamp = again?.timestamp ?? new Date(this.clock.now()).toISOString();
+    const clientId = again?.clientId ?? this.newClientId();
     const pending: PendingMessage = { clientId, content: text, sender: who, timestamp, status: 'sending' };
     this.patchConv(id, (c) => ({ ...c, pending: [...c.pending, pending] }));
     const openSender = openChat ? (sender ?? 'customer') : undefined;
@@ -370,11 +377,15 @@ export class ChatStore {
           timestamp: openChat ? timestamp : undefined,
         });
       } else {
-        const r = await this.api.postMessage(id, {
-          content: text,
-          timestamp,
-          ...(openSender ? { sender: openSender } : {}),
-        });
+        const r = await this.api.postMessage(
+          id,
+          {
+            content: text,
+            timestamp,
+            ...(openSender ? { sender: openSender } : {}),
+          },
+          clientId,
+        );
         messageId = r.messageId;
       }
       this.acked(id, clientId, messageId, { ...pending, messageId });
@@ -393,7 +404,10 @@ export class ChatStore {
     if (!p) return;
     this.dismiss(id, clientId);
     const openChat = this.state.convs[id]?.kind === 'open';
-    void this.send(id, p.content, openChat ? (p.sender as OpenSender) : undefined);
+    void this.send(id, p.content, openChat ? (p.sender as OpenSender) : undefined, {
+      clientId: p.clientId,
+      timestamp: p.timestamp,
+    });
   }
 
   dismiss(id: string, clientId: string): void {

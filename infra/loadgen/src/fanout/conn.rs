@@ -146,9 +146,10 @@ pub async fn run(
                 use std::fmt::Write as _;
                 let _ = write!(label, "c={} n={}", spec.idx, out.sent);
                 let content = ws::tagged_content(ws::now_micros(), &label, spec.content_bytes);
+                // The clientId is an idempotency key: unique per connection and message.
                 let frame = format!(
-                    r#"{{"type":"send","conversationId":"{}","clientId":"{}","content":"{content}"}}"#,
-                    spec.conversation, out.sent
+                    r#"{{"type":"send","conversationId":"{}","clientId":"{}-{}","content":"{content}"}}"#,
+                    spec.conversation, spec.idx, out.sent
                 );
                 shared.sent.fetch_add(1, Relaxed);
                 if ws.send(Message::text(frame)).await.is_err() {

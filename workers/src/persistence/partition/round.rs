@@ -89,6 +89,8 @@ pub fn plan(
         max_bytes: cfg.max_conversation_bytes,
         open_ttl_ms: cfg.conversation_ttl_secs * 1000,
         member_ttl_ms: cfg.member_chat_ttl_secs * 1000,
+        idem_window_ms: cfg.idempotency_window_secs * 1000,
+        idem_max: cfg.idempotency_max_keys,
     };
     // The previous command of each conversation in this round, for the `after` chain.
     let mut previous: HashMap<Uuid, String> = HashMap::new();
