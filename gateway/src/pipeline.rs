@@ -2,7 +2,8 @@
 //!
 //! [`Pipeline::submit`] registers a waiter under a fresh command id, appends the command to
 //! its partition's stream (`confab:cmd:{p}`, chosen by the conversation) with a plain `XADD`,
-//! and waits up to `REQUEST_TIMEOUT_MS` for the persistence worker's reply, which arrives on
+//! and waits for the persistence worker's reply until `REQUEST_TIMEOUT_MS` after it began (a
+//! slow `XADD` counts: the whole request is bounded, not each step), which arrives on
 //! this gateway's reply channel ([`crate::bus`]) in a batch with the others of the worker's
 //! round. A monitor ([`Pipeline::watch_backlog`]) reads every partition's length every
 //! 100 ms; while a partition holds its share of `COMMAND_STREAM_MAX_LEN`, new commands for it
@@ -171,6 +172,8 @@ impl Pipeline {
         command: Command,
         trace: &TraceContext,
     ) -> Result<PendingReply, ApiError> {
+        // The request's whole budget starts now: a slow append leaves less time to wait.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let partition = self.parts.of_conversation(&command.conversation_id()) as usize;
         if self
             .overloaded
@@ -201,7 +204,7 @@ impl Pipeline {
             waiters: self.waiters.clone(),
             id,
             rx,
-            timeout: self.timeout,
+            deadline,
         };
         let mut conn = self.conn.clone();
         let stream = self
@@ -264,12 +267,13 @@ pub struct PendingReply {
     waiters: Waiters,
     id: Uuid,
     rx: oneshot::Receiver<RawReply>,
-    timeout: Duration,
+    /// `REQUEST_TIMEOUT_MS` after [`Pipeline::begin`] was called.
+    deadline: tokio::time::Instant,
 }
 
 impl PendingReply {
     pub async fn wait(mut self) -> Result<RawReply, ApiError> {
-        match tokio::time::timeout(self.timeout, &mut self.rx).await {
+        match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -304,5 +308,31 @@ mod tests {
             counts[parts.of_conversation(&id) as usize] += 1;
         }
         assert!(counts.iter().all(|&c| c == 10), "{counts:?}");
+    }
+
+    /// The append took most of the budget (a slow link to Redis): the wait gets only the
+    /// rest, so the request still answers 504 at `REQUEST_TIMEOUT_MS`, not twice that.
+    #[allow(clippy::unwrap_used)]
+    #[tokio::test(start_paused = true)]
+    async fn the_reply_deadline_counts_from_the_start_of_the_request() {
+        let waiters = Waiters::default();
+        let id = Uuid::new_v4();
+        let (tx, rx) = oneshot::channel();
+        waiters.lock().unwrap().insert(id, tx);
+        let start = tokio::time::Instant::now();
+        let pending = PendingReply {
+            waiters: waiters.clone(),
+            id,
+            rx,
+            deadline: start + Duration::from_secs(2),
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let err = pending.wait().await.unwrap_err();
+        assert_eq!(err.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert!(
+            waiters.lock().unwrap().is_empty(),
+            "the waiter is forgotten"
+        );
     }
 }
