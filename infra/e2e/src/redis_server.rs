@@ -208,36 +208,37 @@ impl Redis {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = cluster_port();
-            let mut args = extra.clone();
-            args.push("--cluster-config-file".into());
-            args.push(format!("nodes-{port}.conf"));
-            let mut node = Node::spawn(port, &args);
-            if let Err(e) = node.wait_ping().await {
-                panic!("a cluster node did not start: {e}");
+        // `redis-cli --cluster create` waits for the nodes to meet on their bus ports, forever
+        // if one cannot (a bus port taken meanwhile): bounded, and tried again on new ports.
+        let mut last_err = String::new();
+        let mut created = None;
+        for _attempt in 0..3 {
+            let mut nodes = Vec::new();
+            for _ in 0..6 {
+                let port = cluster_port();
+                let mut args = extra.clone();
+                args.push("--cluster-config-file".into());
+                args.push(format!("nodes-{port}.conf"));
+                let mut node = Node::spawn(port, &args);
+                if let Err(e) = node.wait_ping().await {
+                    panic!("a cluster node did not start: {e}");
+                }
+                nodes.push(node);
             }
-            nodes.push(node);
+            match create_cluster(&nodes, Duration::from_secs(90)).await {
+                Ok(()) => {
+                    created = Some(nodes);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("creating the test cluster failed, trying new ports: {e}");
+                    last_err = e;
+                }
+            }
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = std::process::Command::new(redis_cli_binary())
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}"));
-        if !out.status.success() {
-            panic!(
-                "redis-cli --cluster create failed: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let Some(nodes) = created else {
+            panic!("redis-cli --cluster create failed three times: {last_err}");
+        };
         wait_healthy(&nodes, Duration::from_secs(60)).await;
         let url = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
         Self {
@@ -728,6 +729,50 @@ fn cluster_port() -> u16 {
         if std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
+    }
+}
+
+/// `redis-cli --cluster create` over `nodes` (3 primaries, one replica each), within `limit`.
+async fn create_cluster(nodes: &[Node], limit: Duration) -> Result<(), String> {
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let mut child = std::process::Command::new(redis_cli_binary())
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run redis-cli --cluster create: {e}"))?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("redis-cli --cluster create took over {limit:?}"));
+            }
+            Err(e) => return Err(format!("waiting for redis-cli: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading redis-cli's output: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
