@@ -428,6 +428,10 @@ async fn chaos() {
         ("ASSISTANT_IN_OPEN_CONVERSATIONS", "true"),
         // Every prompt comes from 127.0.0.1: the per-address limit would refuse most.
         ("ASSISTANT_OPEN_MESSAGES_PER_MIN_PER_ADDR", "0"),
+        // The pipelined WebSocket writers are a load generator, not a client to throttle
+        // (on a fast machine they pass the default 100 frames/s per connection).
+        ("WS_RATE_PER_SEC", "100000"),
+        ("WS_RATE_BURST", "100000"),
         ("CLAIM_IDLE_MS", "2000"),
         ("REQUEST_TIMEOUT_MS", "3000"),
     ];
