@@ -5,13 +5,20 @@
 //! arrived, merges the replies for each gateway into one message, and publishes — so a wave
 //! of rounds costs one `PUBLISH` per waiting gateway, not one per partition. Nothing waits
 //! for a timer: what arrives while a publish is under way goes out with the next one.
+//!
+//! **Before a commit.** A reply and a "chat added" notice are side effects that a new owner
+//! redoes only for entries after the committed offset. So a partition never commits past an
+//! entry whose answers Redis has not executed yet: [`Publisher::send`] returns a
+//! [`Published`] that resolves once they were, and the partition waits for the newest one
+//! before each commit (a replica SIGKILLed between the two would otherwise lose the reply
+//! for good, and its client would time out on a command that was applied).
 
 use std::collections::HashMap;
 
 use confab_shared::commands::Reply;
 use confab_shared::db::{now_ms, Conn};
 use confab_shared::keys;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// What one round has to tell.
@@ -32,10 +39,39 @@ impl Answers {
     }
 }
 
+/// Answers on their way, and who waits for them to be executed.
+struct Queued {
+    answers: Answers,
+    done: oneshot::Sender<()>,
+}
+
+/// Resolves once the answers handed over with it, and every earlier one of the same
+/// partition, were executed by Redis (or failed there: nothing would be gained by waiting).
+#[derive(Default)]
+pub struct Published(Option<oneshot::Receiver<()>>);
+
+impl Published {
+    /// Follows `newer` answers of the same partition, which resolve only after these: keeps
+    /// waiting for these when `newer` had nothing to publish.
+    pub fn follow(&mut self, newer: Published) {
+        if newer.0.is_some() {
+            *self = newer;
+        }
+    }
+
+    /// Waits until the answers are out.
+    pub async fn wait(&mut self) {
+        if let Some(rx) = self.0.take() {
+            // An error only means the publisher is gone: nothing left to wait for.
+            let _ = rx.await;
+        }
+    }
+}
+
 /// The partition tasks' side.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<Answers>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Publisher {
@@ -46,20 +82,28 @@ impl Publisher {
         Publisher { tx }
     }
 
-    pub async fn send(&self, answers: Answers) {
+    /// Hands `answers` over; what it returns resolves once they were published (at once
+    /// when there is nothing to publish).
+    pub async fn send(&self, answers: Answers) -> Published {
         if answers.replies.is_empty() && answers.added.is_empty() {
-            return;
+            return Published::default();
         }
-        if self.tx.send(answers).await.is_err() {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Queued { answers, done }).await.is_err() {
             tracing::warn!("the reply publisher has stopped; replies are lost (clients time out)");
+            return Published::default();
         }
+        Published(Some(rx))
     }
 }
 
-async fn publish(mut conn: Conn, mut rx: mpsc::Receiver<Answers>) {
-    while let Some(mut answers) = rx.recv().await {
+async fn publish(mut conn: Conn, mut rx: mpsc::Receiver<Queued>) {
+    while let Some(first) = rx.recv().await {
+        let mut answers = first.answers;
+        let mut done = vec![first.done];
         while let Ok(more) = rx.try_recv() {
-            answers.merge(more);
+            answers.merge(more.answers);
+            done.push(more.done);
         }
         let now = now_ms();
         let mut cmds = Vec::with_capacity(answers.replies.len() + 2 * answers.added.len());
@@ -83,6 +127,9 @@ async fn publish(mut conn: Conn, mut rx: mpsc::Receiver<Answers>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "publishing replies failed"),
+        }
+        for d in done {
+            let _ = d.send(());
         }
     }
 }

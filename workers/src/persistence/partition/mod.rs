@@ -48,7 +48,7 @@ use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::answers::{Answers, Publisher};
+use super::answers::{Answers, Published, Publisher};
 use super::lease::LeaseClock;
 use super::replicas::ReplicaHealth;
 use commit::{CommitReply, Limits, Outbox, Pending, Schedule};
@@ -109,6 +109,8 @@ pub struct Partition {
     outbox: Outbox,
     schedule: Schedule,
     backoff: Duration,
+    /// The newest answers handed to the publisher: a commit waits for them (answers.rs).
+    published: Published,
 }
 
 impl Partition {
@@ -124,6 +126,7 @@ impl Partition {
             outbox: Outbox::default(),
             schedule: Schedule::new(),
             backoff: Duration::ZERO,
+            published: Published::default(),
         })
     }
 
@@ -194,6 +197,8 @@ impl Partition {
         let pending = self.due_commit();
         let mut partition_cmds = Vec::new();
         if let Some(p) = &pending {
+            // Never commit past an entry whose reply is not out yet.
+            self.published.wait().await;
             partition_cmds.push(self.commit_command(p));
         }
         let round = exec::Round {
@@ -238,13 +243,15 @@ impl Partition {
             self.shared.apply.load(&mut self.conn).await?;
             self.shared.send.load(&mut self.conn).await?;
         }
-        self.shared
+        let published = self
+            .shared
             .answers
             .send(Answers {
                 replies: settled.replies,
                 added: settled.added,
             })
             .await;
+        self.published.follow(published);
         self.backoff = if settled.transient && !settled.again {
             next_backoff(self.backoff)
         } else {
@@ -327,8 +334,9 @@ impl Partition {
         )
     }
 
-    /// Sends a commit on its own.
+    /// Sends a commit on its own, once the answers of what it covers are out.
     async fn commit_now(&mut self, pending: Pending) -> RedisResult<bool> {
+        self.published.wait().await;
         let cmd = self.commit_command(&pending);
         let result = cmd.query_async::<Value>(&mut self.conn).await;
         self.settle_commit(pending, Some(result))
