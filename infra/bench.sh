@@ -5,6 +5,8 @@
 #
 #   BENCH="rest writes fanout hold assistant cluster"  scenarios to run (default: all)
 #   BENCH_DURATION=10s                  length of each measured phase
+#   HOLD_CONNECTIONS=10000              idle WebSockets of the hold scenario (each process
+#                                       needs as many file descriptors: ulimit -n)
 #
 # rest:    64 REST clients, a GET every 20 sends (each GET reads the whole chat, up to 500)
 # writes:  the same without GETs: what a persisted send costs Redis
@@ -18,6 +20,7 @@ OUT=target/bench
 LOGS=$OUT/logs
 SCENARIOS=${BENCH:-rest writes fanout hold assistant cluster}
 DURATION=${BENCH_DURATION:-10s}
+HOLD_CONNECTIONS=${HOLD_CONNECTIONS:-10000}
 REDIS_PORT=6395
 CLUSTER_PORTS="6401 6402 6403 6404 6405 6406"
 GW_A=127.0.0.1:3995
@@ -160,12 +163,13 @@ for scenario in $SCENARIOS; do
       fanout_run fanout
       ;;
     hold)
-      GATEWAY_ADDR=$GW_A WS_MAX_CONNECTIONS_PER_USER=20000 start gateway-a "$BIN/gateway"
+      GATEWAY_ADDR=$GW_A WS_MAX_CONNECTIONS=$((HOLD_CONNECTIONS + 1000)) \
+        WS_MAX_CONNECTIONS_PER_USER=$HOLD_CONNECTIONS start gateway-a "$BIN/gateway"
       GA=$LAST
       start persistence "$BIN/workers" persistence
       WP=$LAST
       wait_http $GW_A
-      "$BIN/loadgen" fanout --url "http://$GW_A" --connections 10000 --members 10 --rate 0 --duration 5s \
+      "$BIN/loadgen" fanout --url "http://$GW_A" --connections "$HOLD_CONNECTIONS" --members 10 --rate 0 --duration 5s \
         --gateway-pid "$GA" --json "$OUT/hold.json"
       ;;
     assistant)

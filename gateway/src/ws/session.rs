@@ -16,14 +16,14 @@ use confab_shared::trace::TraceContext;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use super::hub::{ConnHandle, ConnId, Header, Killer, Outbound};
+use super::hub::{ConnHandle, ConnId, Header, Killer, Mailbox, Outbound};
 use super::protocol::{self, ClientFrame, FrameError};
 use crate::auth::Session;
 use crate::rest::conversations::{
@@ -93,65 +93,81 @@ struct Conn {
     client: Option<std::net::IpAddr>,
 }
 
-pub async fn serve(
+/// Sets the connection up and returns the future that serves it. What an async fn takes
+/// stays in its future for as long as it runs, and this future is most of what an idle
+/// socket costs (make bench hold): so the socket is split and the state moved into `Conn`
+/// here, and [`run`] takes only what it keeps.
+pub fn serve(
     ws: Socket,
     state: AppState,
     session: Option<Session>,
     trace: TraceContext,
     client: Option<std::net::IpAddr>,
-) {
-    let (tx, mut rx) = mpsc::channel(state.cfg.ws_send_queue);
+) -> impl std::future::Future<Output = ()> + Send {
+    let mailbox = Mailbox::new(state.cfg.ws_send_queue);
     let handle = ConnHandle {
-        tx,
+        mailbox: mailbox.clone(),
         kill: Arc::new(Killer::default()),
     };
     let id = state.hub.register(handle.clone());
-    let metrics = confab_shared::metrics::get();
-    metrics.ws_connections.inc();
-    // How the peer ended it when we did not: its close code, or 1006 (no close frame).
-    let mut peer_code: u16 = 1006;
-    let mut conn = Conn {
-        state: state.clone(),
+    confab_shared::metrics::get().ws_connections.inc();
+    let conn = Conn {
+        state,
         session,
         trace,
         id,
-        handle: handle.clone(),
+        handle,
         subs: HashMap::new(),
         expired: HashSet::new(),
         sends: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
         client,
     };
+    let (sink, stream) = ws.split();
+    run(conn, sink, stream, mailbox)
+}
+
+async fn run(
+    mut conn: Conn,
+    mut sink: futures::stream::SplitSink<Socket, Message>,
+    mut stream: futures::stream::SplitStream<Socket>,
+    mailbox: Arc<Mailbox>,
+) {
+    let cfg = conn.state.cfg.clone();
+    let shutdown = conn.state.shutdown.clone();
+    let (id, handle) = (conn.id, conn.handle.clone());
+    let metrics = confab_shared::metrics::get();
+    // How the peer ended it when we did not: its close code, or 1006 (no close frame).
+    let mut peer_code: u16 = 1006;
     if let Some(s) = &conn.session {
         let ch = keys::user_channel(&s.username);
-        state.hub.join(&ch, id, handle.clone());
-        if let Err(e) = state.bus.sync(ch).await {
+        conn.state.hub.join(&ch, id, handle.clone());
+        if let Err(e) = Box::pin(conn.state.bus.sync(ch)).await {
             tracing::warn!(error = %e, "cannot subscribe to user notices");
         }
     }
-    let (mut sink, mut stream) = ws.split();
-    let idle = Duration::from_secs(state.cfg.ws_idle_timeout_secs.max(2));
+    let idle = Duration::from_secs(cfg.ws_idle_timeout_secs.max(2));
     let mut ticker = tokio::time::interval(idle / 2);
     ticker.reset();
     let mut last_seen = Instant::now();
     let mut last_session_check = Instant::now();
-    let rate = f64::from(state.cfg.ws_rate_per_sec);
+    let rate = f64::from(cfg.ws_rate_per_sec);
     let mut bucket = Bucket {
-        tokens: f64::from(state.cfg.ws_rate_burst),
+        tokens: f64::from(cfg.ws_rate_burst),
         rate,
-        burst: f64::from(state.cfg.ws_rate_burst),
+        burst: f64::from(cfg.ws_rate_burst),
         at: Instant::now(),
         strikes: 0,
     };
     let kill = handle.kill.clone();
 
+    // Per connection, this future is most of what an idle socket costs: the handlers of
+    // client frames and events (large, rarely running) are boxed while they run, so the
+    // future that waits holds only the `select!` (make bench hold: per-connection RSS).
     let close_code: Option<u16> = loop {
         let out: Vec<String> = tokio::select! {
             _ = kill.token.cancelled() => break Some(kill.code()),
-            _ = state.shutdown.cancelled() => break Some(CLOSE_GOING_AWAY),
-            msg = rx.recv() => match msg {
-                Some(m) => conn.outbound(m).await,
-                None => break None,
-            },
+            _ = shutdown.cancelled() => break Some(CLOSE_GOING_AWAY),
+            m = mailbox.recv() => Box::pin(conn.outbound(m)).await,
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
@@ -163,15 +179,15 @@ pub async fn serve(
                     Some(Ok(Message::Text(text))) => {
                         if !bucket.take() {
                             bucket.strikes += 1;
-                            if bucket.strikes > state.cfg.ws_rate_burst.max(10) {
+                            if bucket.strikes > cfg.ws_rate_burst.max(10) {
                                 break Some(CLOSE_RATE_LIMITED);
                             }
                             vec![protocol::error_frame("rate_limited", "Too many frames; slow down", None)]
-                        } else if text.len() > state.cfg.ws_max_frame_bytes {
-                            vec![protocol::error_frame("frame_too_large", &format!("Frames are limited to {} bytes", state.cfg.ws_max_frame_bytes), None)]
+                        } else if text.len() > cfg.ws_max_frame_bytes {
+                            vec![protocol::error_frame("frame_too_large", &format!("Frames are limited to {} bytes", cfg.ws_max_frame_bytes), None)]
                         } else {
                             bucket.strikes = 0;
-                            conn.client_frame(text.as_str()).await
+                            Box::pin(conn.client_frame(text.as_str())).await
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -192,12 +208,12 @@ pub async fn serve(
                 if let Some(s) = &conn.session {
                     if last_session_check.elapsed() >= SESSION_CHECK {
                         last_session_check = Instant::now();
-                        if !state.auth.still_valid(&s.token_hash).await {
+                        if !Box::pin(conn.state.auth.still_valid(&s.token_hash)).await {
                             break Some(CLOSE_REVOKED);
                         }
                     }
                 }
-                if send(&mut sink, &kill, Message::Ping(Default::default())).await.is_err() {
+                if Box::pin(send(&mut sink, &kill, Message::Ping(Default::default()))).await.is_err() {
                     break None;
                 }
                 Vec::new()
@@ -206,7 +222,10 @@ pub async fn serve(
         let mut failed = false;
         for text in out {
             metrics.frame_sent(&text);
-            if send(&mut sink, &kill, Message::text(text)).await.is_err() {
+            if Box::pin(send(&mut sink, &kill, Message::text(text)))
+                .await
+                .is_err()
+            {
                 failed = true;
                 break;
             }
@@ -220,42 +239,52 @@ pub async fn serve(
         }
     };
     if let Some(code) = close_code {
-        let reason = match code {
-            CLOSE_REVOKED => "session ended",
-            super::hub::CLOSE_SLOW_CONSUMER => "slow consumer: resume with since",
-            CLOSE_IDLE => "idle timeout",
-            CLOSE_RATE_LIMITED => "rate limited",
-            CLOSE_TOO_BIG => "frame too large",
-            _ => "server shutting down",
-        };
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-        if code == CLOSE_TOO_BIG {
-            // The rest of the oversized frame is still arriving: read it away for a moment,
-            // so that closing does not reset the connection before the client reads 1009.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                for _ in 0..4096 {
-                    if stream.next().await.is_none() {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        Box::pin(close(&mut sink, &mut stream, code)).await;
     }
-    for channel in state.hub.unregister(id) {
-        state.bus.sync_later(channel);
+    mailbox.close();
+    for channel in conn.state.hub.unregister(id) {
+        conn.state.bus.sync_later(channel);
     }
     metrics.ws_connections.dec();
     let code = close_code.unwrap_or(peer_code).to_string();
     metrics.ws_disconnects.with_label_values(&[&code]).inc();
+}
+
+/// Says why the server ends the connection (a close frame, within a second).
+async fn close<S, R>(sink: &mut S, stream: &mut R, code: u16)
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream + Unpin,
+{
+    let reason = match code {
+        CLOSE_REVOKED => "session ended",
+        super::hub::CLOSE_SLOW_CONSUMER => "slow consumer: resume with since",
+        CLOSE_IDLE => "idle timeout",
+        CLOSE_RATE_LIMITED => "rate limited",
+        CLOSE_TOO_BIG => "frame too large",
+        _ => "server shutting down",
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+    if code == CLOSE_TOO_BIG {
+        // The rest of the oversized frame is still arriving: read it away for a moment,
+        // so that closing does not reset the connection before the client reads 1009.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for _ in 0..4096 {
+                if stream.next().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Writes one message unless the connection is being killed (a slow client cannot hold us).

@@ -23,9 +23,13 @@ pub fn hard_frame_limit(cfg: &confab_shared::Config) -> usize {
     (cfg.ws_max_frame_bytes * 4).max(1 << 20)
 }
 
+/// The read buffer an idle socket keeps: chat frames are a few hundred bytes, so 1 KiB
+/// takes most in one read; a larger frame gets room for all of it once its header is read.
+const READ_BUFFER: usize = 1024;
+
 pub fn ws_config(cfg: &confab_shared::Config) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(4 << 20)
         .max_message_size(Some(hard_frame_limit(cfg)))
@@ -166,6 +170,7 @@ async fn handshake(
     }
     let config = ws_config(&state.cfg);
     let tasks = state.tasks.clone();
+    let inner = tasks.clone();
     // The upgrade's trace: sends without a traceparent of their own continue it.
     let trace =
         crate::server::current_trace().unwrap_or_else(confab_shared::trace::TraceContext::new_root);
@@ -178,7 +183,9 @@ async fn handshake(
                     Some(config),
                 )
                 .await;
-                super::session::serve(ws, state, session, trace, client.map(|c| c.0.ip())).await;
+                // A task of its own: this one's captures (the state, the handshake) go now.
+                let client = client.map(|c| c.0.ip());
+                inner.spawn(super::session::serve(ws, state, session, trace, client));
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
