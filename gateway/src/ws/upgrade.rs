@@ -23,9 +23,10 @@ pub fn hard_frame_limit(cfg: &confab_shared::Config) -> usize {
     (cfg.ws_max_frame_bytes * 4).max(1 << 20)
 }
 
-/// The read buffer an idle socket keeps: chat frames are a few hundred bytes, so 1 KiB
-/// takes most in one read; a larger frame gets room for all of it once its header is read.
-const READ_BUFFER: usize = 1024;
+/// The read buffer an idle socket keeps. 1 KiB saved 3 KiB per connection but broke the
+/// 4029 cut-off: a flood's frames left unread in the kernel when the session closed reset
+/// the connection before the client read its close frame (e2e live.rs, a_flood_of_frames…).
+const READ_BUFFER: usize = 4096;
 
 pub fn ws_config(cfg: &confab_shared::Config) -> WebSocketConfig {
     WebSocketConfig::default()
