@@ -26,6 +26,24 @@ fn answers(user: &str, cid: Uuid) -> Answers {
     }
 }
 
+/// Holds back (or lets through) every write for up to 5 s.
+async fn pause_writes(redis: &Redis, on: bool) {
+    let args: &[&str] = if on {
+        &["CLIENT", "PAUSE", "5000", "WRITE"]
+    } else {
+        &["CLIENT", "UNPAUSE"]
+    };
+    let _: () = redis.nodes[0].q(args).await.unwrap();
+}
+
+/// The chat's score in the user's chat list (set by the notice's `ZADD`).
+async fn listed(redis: &Redis, key: &str, cid: Uuid) -> Option<u64> {
+    redis.nodes[0]
+        .q(&["ZSCORE", key, &cid.to_string()])
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_resolves_only_once_redis_executed_the_answers() {
     let redis = Redis::start().await;
@@ -34,27 +52,18 @@ async fn published_resolves_only_once_redis_executed_the_answers() {
     let key = keys::user_convs("alice");
 
     // Writes held back: the answers are handed over but cannot be executed yet.
-    let _: () = redis.nodes[0]
-        .q(&["CLIENT", "PAUSE", "5000", "WRITE"])
-        .await
-        .unwrap();
+    pause_writes(&redis, true).await;
     let mut published = publisher.send(answers("alice", cid)).await;
     let early = tokio::time::timeout(Duration::from_millis(500), published.wait()).await;
     assert!(early.is_err(), "resolved while Redis could not have run it");
-    let score: Option<u64> = redis.nodes[0]
-        .q(&["ZSCORE", &key, &cid.to_string()])
-        .await
-        .unwrap();
+    let score = listed(&redis, &key, cid).await;
     assert_eq!(score, None, "nothing executed while paused");
 
-    let _: () = redis.nodes[0].q(&["CLIENT", "UNPAUSE"]).await.unwrap();
+    pause_writes(&redis, false).await;
     tokio::time::timeout(Duration::from_secs(30), published.wait())
         .await
         .expect("resolves once Redis runs it");
-    let score: Option<u64> = redis.nodes[0]
-        .q(&["ZSCORE", &key, &cid.to_string()])
-        .await
-        .unwrap();
+    let score = listed(&redis, &key, cid).await;
     assert!(
         score.is_some(),
         "the notice's ZADD ran before Published resolved"
@@ -68,10 +77,7 @@ async fn a_round_with_nothing_to_publish_keeps_waiting_for_the_one_before() {
     let cid = Uuid::new_v4();
     let key = keys::user_convs("bob");
 
-    let _: () = redis.nodes[0]
-        .q(&["CLIENT", "PAUSE", "5000", "WRITE"])
-        .await
-        .unwrap();
+    pause_writes(&redis, true).await;
     let mut latest = Published::default();
     latest.follow(publisher.send(answers("bob", cid)).await);
     // The next round answered nobody: it must not let a commit skip the wait.
@@ -82,13 +88,10 @@ async fn a_round_with_nothing_to_publish_keeps_waiting_for_the_one_before() {
         "an empty round dropped the wait for the one before"
     );
 
-    let _: () = redis.nodes[0].q(&["CLIENT", "UNPAUSE"]).await.unwrap();
+    pause_writes(&redis, false).await;
     tokio::time::timeout(Duration::from_secs(30), latest.wait())
         .await
         .expect("resolves once Redis runs it");
-    let score: Option<u64> = redis.nodes[0]
-        .q(&["ZSCORE", &key, &cid.to_string()])
-        .await
-        .unwrap();
+    let score = listed(&redis, &key, cid).await;
     assert!(score.is_some());
 }
