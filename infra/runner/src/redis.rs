@@ -198,18 +198,22 @@ impl LocalRedis {
             }
         }
         let deadline = Instant::now() + self.ready_timeout;
+        let nodes = self.ports().len();
         for port in self.ports() {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             loop {
                 let ok = matches!(
                     command(addr, &["CLUSTER", "INFO"]).await,
-                    Ok(Reply::Bulk(Some(info))) if String::from_utf8_lossy(&info).contains("cluster_state:ok")
+                    Ok(Reply::Bulk(Some(info))) if cluster_ready(&String::from_utf8_lossy(&info), nodes)
                 );
                 if ok {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    bail!("the cluster node on port {port} did not reach cluster_state:ok");
+                    bail!(
+                        "the cluster node on port {port} did not reach cluster_state:ok \
+                         knowing all {nodes} nodes"
+                    );
                 }
                 sleep(Duration::from_millis(100)).await;
             }
@@ -366,9 +370,34 @@ pub fn aof_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A node is ready once its state is `ok` and gossip has told it about every node: right after
+/// `--cluster create` (or a restart from `nodes.conf`) a node can say `ok` while it still knows
+/// only some of the others, and a client that asks it for the topology would get part of it.
+fn cluster_ready(info: &str, nodes: usize) -> bool {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::to_owned)
+    };
+    field("cluster_state").as_deref() == Some("ok")
+        && field("cluster_known_nodes").and_then(|n| n.parse::<usize>().ok()) == Some(nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_node_is_ready_when_ok_and_it_knows_every_node() {
+        let info = |state: &str, known: usize| {
+            format!("cluster_state:{state}\r\ncluster_slots_assigned:16384\r\ncluster_known_nodes:{known}\r\ncluster_size:3\r\n")
+        };
+        assert!(cluster_ready(&info("ok", 6), 6));
+        assert!(!cluster_ready(&info("ok", 5), 6), "gossip not finished");
+        assert!(!cluster_ready(&info("fail", 6), 6));
+        assert!(!cluster_ready(&info("ok", 16), 6), "16 is not 6");
+        assert!(!cluster_ready("", 6));
+    }
 
     #[test]
     fn finds_executables_on_path_only() -> std::io::Result<()> {
