@@ -273,18 +273,17 @@ where
         sink.send(Message::Close(Some(frame))),
     )
     .await;
-    if code == CLOSE_TOO_BIG {
-        // The rest of the oversized frame is still arriving: read it away for a moment,
-        // so that closing does not reset the connection before the client reads 1009.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            for _ in 0..4096 {
-                if stream.next().await.is_none() {
-                    break;
-                }
+    // Wait (a moment at most) for the client's close, reading away what it still sends —
+    // the rest of an oversized frame, a flood's queued frames: closing a socket with unread
+    // data resets it, and the client would never read the close code.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for _ in 0..4096 {
+            if stream.next().await.is_none() {
+                break;
             }
-        })
-        .await;
-    }
+        }
+    })
+    .await;
 }
 
 /// Writes one message unless the connection is being killed (a slow client cannot hold us).

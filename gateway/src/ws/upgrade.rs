@@ -23,10 +23,11 @@ pub fn hard_frame_limit(cfg: &confab_shared::Config) -> usize {
     (cfg.ws_max_frame_bytes * 4).max(1 << 20)
 }
 
-/// The read buffer an idle socket keeps. 1 KiB saved 3 KiB per connection but broke the
-/// 4029 cut-off: a flood's frames left unread in the kernel when the session closed reset
-/// the connection before the client read its close frame (e2e live.rs, a_flood_of_frames…).
-const READ_BUFFER: usize = 4096;
+/// The read buffer an idle socket keeps: 1 KiB instead of tungstenite's 4 KiB saves 3 KiB per
+/// connection. Bigger frames grow it while they are read. With a small buffer more of a
+/// flood stays unread in the kernel, which would reset the socket at close before the client
+/// reads the close code; `session::close` therefore reads the client's frames away first.
+const READ_BUFFER: usize = 1024;
 
 pub fn ws_config(cfg: &confab_shared::Config) -> WebSocketConfig {
     WebSocketConfig::default()
