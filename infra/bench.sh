@@ -3,15 +3,23 @@
 # with the workspace's load generator (infra/loadgen) and prints the figures. Every run is
 # bounded in time and count and targets 127.0.0.1 only. Reports: target/bench/*.json.
 #
-#   BENCH="rest writes fanout hold assistant cluster"  scenarios to run (default: all)
+#   BENCH="rest writes fanout hold assistant cluster"  scenarios to run (default: these; soak
+#                                       runs only when asked: BENCH=soak or `make bench soak`)
 #   BENCH_DURATION=10s                  length of each measured phase
 #   HOLD_CONNECTIONS=10000              idle WebSockets of the hold scenario (each process
-#                                       needs as many file descriptors: ulimit -n)
+#                                       needs as many file descriptors: ulimit -n), spread
+#                                       over 16 source addresses in 127.0.0.0/8
+#   SOAK_DURATION=10m SOAK_CHURN=500 SOAK_RATE=2000 SOAK_CONNECTIONS=2000
+#                                       the soak (`make bench soak`, not part of the default
+#                                       set): connects + closes/s, messages/s, steady sockets
 #
 # rest:    64 REST clients, a GET every 20 sends (each GET reads the whole chat, up to 500)
 # writes:  the same without GETs: what a persisted send costs Redis
 # cluster: rest, writes (also with REDIS_WAIT_REPLICAS=1) and fanout against a 3-primary
 #          Redis Cluster (one replica each)
+# soak:    SOAK_CONNECTIONS subscribers in chats of 10 with SOAK_RATE messages/s in total and
+#          SOAK_CHURN extra connects + closes per second, sampled every 10 s: gateway RSS flat
+#          within 10% after a 60 s warm-up, no leaked fds, p99 per window within 2x the median
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +29,10 @@ LOGS=$OUT/logs
 SCENARIOS=${BENCH:-rest writes fanout hold assistant cluster}
 DURATION=${BENCH_DURATION:-10s}
 HOLD_CONNECTIONS=${HOLD_CONNECTIONS:-10000}
+SOAK_DURATION=${SOAK_DURATION:-10m}
+SOAK_CHURN=${SOAK_CHURN:-500}
+SOAK_RATE=${SOAK_RATE:-2000}
+SOAK_CONNECTIONS=${SOAK_CONNECTIONS:-2000}
 REDIS_PORT=6395
 CLUSTER_PORTS="6401 6402 6403 6404 6405 6406"
 GW_A=127.0.0.1:3995
@@ -170,7 +182,18 @@ for scenario in $SCENARIOS; do
       WP=$LAST
       wait_http $GW_A
       "$BIN/loadgen" fanout --url "http://$GW_A" --connections "$HOLD_CONNECTIONS" --members 10 --rate 0 --duration 5s \
-        --gateway-pid "$GA" --json "$OUT/hold.json"
+        --source-addrs 16 --gateway-pid "$GA" --json "$OUT/hold.json"
+      ;;
+    soak)
+      GATEWAY_ADDR=$GW_A start gateway-a "$BIN/gateway"
+      GA=$LAST
+      start persistence "$BIN/workers" persistence
+      WP=$LAST
+      wait_http $GW_A
+      "$BIN/loadgen" fanout --url "http://$GW_A" --connections "$SOAK_CONNECTIONS" --members 10 \
+        --rate "$SOAK_RATE" --churn "$SOAK_CHURN" --duration "$SOAK_DURATION" --sample 10s --warmup 60s \
+        --source-addrs 16 --gateway-pid "$GA" --worker-pid "$WP" --redis-pid "$REDIS_PID" \
+        --redis-url "$REDIS_URL" --json "$OUT/soak.json"
       ;;
     assistant)
       MOCK_OPENAI_ADDR=$MOCK MOCK_TOKENS_PER_SEC=50 start mock "$BIN/mock-openai"
@@ -204,7 +227,7 @@ for scenario in $SCENARIOS; do
       export REDIS_URL=$STANDALONE_URL REDIS_CLUSTER=false
       ;;
     *)
-      echo "bench: unknown scenario $scenario (rest, writes, fanout, hold, assistant, cluster)" >&2
+      echo "bench: unknown scenario $scenario (rest, writes, fanout, hold, assistant, cluster, soak)" >&2
       exit 2
       ;;
   esac

@@ -22,6 +22,9 @@ common:
   --worker-pid PID      report CPU and VmRSS of this worker process (repeatable)
   --redis-pid PID       report CPU and VmRSS of this redis-server process (repeatable)
   --setup-timeout D     bound on each setup phase (default 120s)
+  --source-addrs N      bind WebSocket connections round-robin to N source addresses
+                        127.0.0.1, 127.0.0.2, ... (loopback targets only; default 1: the
+                        kernel's choice). One address has ~28,000 ephemeral ports.
 rest:
   --clients N           concurrent keep-alive HTTP clients (default 64)
   --content-bytes N     message content size, rest and fanout (default 100)
@@ -38,6 +41,13 @@ fanout:
                         keeps argon2 hashing out of the measured gateways' memory
   --user-prefix P       username prefix of the load users (default lg)
   --password PW         password of the load users (default loadgen-password)
+  --churn R             during the send phase, R extra WebSockets per second connect, subscribe,
+                        stay --churn-hold and close (half with a close frame, half by dropping
+                        the TCP connection) (default 0)
+  --churn-hold D        how long a churn connection stays (default 1s)
+  --sample D            report the gateways' RSS and open fds, the send rate and the delivery
+                        p99 every D of the send phase, and whether they stayed flat (default off)
+  --warmup D            samples in the first D are not judged for flatness (default 60s)
 assistant:
   --streams N           concurrent assistant answers (default 200)
   --tps N               tokens per second asked of the mock model (default 50)
@@ -79,6 +89,11 @@ pub struct Args {
     pub streams: usize,
     pub tps: u32,
     pub tokens: u32,
+    pub source_addrs: u32,
+    pub churn: f64,
+    pub churn_hold: Duration,
+    pub sample: Option<Duration>,
+    pub warmup: Duration,
 }
 
 impl Args {
@@ -110,6 +125,11 @@ impl Args {
             streams: 200,
             tps: 50,
             tokens: 100,
+            source_addrs: 1,
+            churn: 0.0,
+            churn_hold: Duration::from_secs(1),
+            sample: None,
+            warmup: Duration::from_secs(60),
         }
     }
 }
@@ -227,7 +247,7 @@ where
             "--content-bytes" => a.content_bytes = num(flag, v, 1, 16 * 1024)?,
             "--get-every" => a.get_every = num(flag, v, 0, 1_000_000)?,
             "--max-messages" => a.max_messages = num(flag, v, 1, 10_000)?,
-            "--connections" => a.connections = num(flag, v, 1, 60_000)?,
+            "--connections" => a.connections = num(flag, v, 1, 200_000)?,
             "--members" => a.members = num(flag, v, 1, 256)?,
             "--users" => a.users = num(flag, v, 1, 10_000)?,
             "--rate" => a.rate = num(flag, v, 0.0, 1_000_000.0)?,
@@ -253,6 +273,13 @@ where
             "--streams" => a.streams = num(flag, v, 1, 10_000)?,
             "--tps" => a.tps = num(flag, v, 0, 100_000)?,
             "--tokens" => a.tokens = num(flag, v, 1, 100_000)?,
+            "--source-addrs" => a.source_addrs = num(flag, v, 1, 65_536)?,
+            "--churn" => a.churn = num(flag, v, 0.0, 10_000.0)?,
+            "--churn-hold" => {
+                a.churn_hold = bounded(flag, parse_duration(v)?, Duration::from_secs(60))?
+            }
+            "--sample" => a.sample = Some(bounded(flag, parse_duration(v)?, HOUR)?),
+            "--warmup" => a.warmup = bounded(flag, parse_duration(v)?, HOUR)?,
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -331,6 +358,29 @@ mod tests {
     }
 
     #[test]
+    fn soak_flags() {
+        let a = run(&[
+            "fanout",
+            "--connections=100000",
+            "--source-addrs=16",
+            "--churn",
+            "500",
+            "--churn-hold=2s",
+            "--sample",
+            "10s",
+            "--warmup",
+            "1m",
+        ]);
+        assert_eq!((a.connections, a.source_addrs), (100_000, 16));
+        assert_eq!(a.churn, 500.0);
+        assert_eq!(a.churn_hold, Duration::from_secs(2));
+        assert_eq!(a.sample, Some(Duration::from_secs(10)));
+        assert_eq!(a.warmup, Duration::from_secs(60));
+        let d = run(&["fanout"]);
+        assert_eq!((d.source_addrs, d.churn, d.sample), (1, 0.0, None));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("10").ok(), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
@@ -359,6 +409,9 @@ mod tests {
         assert!(err(&["fanout", "--users", "5", "--members", "10"]).contains("--users"));
         assert!(err(&["fanout", "--password", "short"]).contains("8 characters"));
         assert!(err(&["fanout", "--user-prefix", "A!"]).contains("--user-prefix"));
+        assert!(err(&["fanout", "--source-addrs", "0"]).contains("out of range"));
+        assert!(err(&["fanout", "--churn", "-1"]).contains("out of range"));
+        assert!(err(&["fanout", "--churn-hold", "2m"]).contains("at most"));
     }
 
     #[test]

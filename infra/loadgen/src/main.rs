@@ -54,6 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    ws::spread_sources(args.source_addrs);
     let nofile = sys::raise_fd_limit();
     if nofile > 0 && nofile < 1024 {
         eprintln!("loadgen: warning: only {nofile} file descriptors available");

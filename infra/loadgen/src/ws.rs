@@ -1,13 +1,17 @@
-//! WebSocket helpers: small-buffer connections, borrowed frame parsing, send-time tags.
+//! WebSocket helpers: small-buffer connections (optionally spread over source addresses),
+//! borrowed frame parsing, send-time tags.
 
 use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -24,9 +28,48 @@ fn config() -> WebSocketConfig {
         .max_write_buffer_size(1 << 20)
 }
 
+/// Source addresses connections are bound to, round-robin (`--source-addrs`): one address has
+/// about 28,000 ephemeral ports, so 100,000 sockets from one machine need several. The whole of
+/// 127.0.0.0/8 is local on Linux, and only a loopback target can be reached from it.
+static SOURCES: OnceLock<Sources> = OnceLock::new();
+
+struct Sources {
+    count: u32,
+    next: AtomicU32,
+}
+
+/// Spreads every later WebSocket connection over `count` addresses from 127.0.0.1 on
+/// (127.0.0.1, 127.0.0.2, … 127.0.1.0, …). 1 (the default) leaves the choice to the kernel.
+pub fn spread_sources(count: u32) {
+    let _ = SOURCES.set(Sources {
+        count: count.max(1),
+        next: AtomicU32::new(0),
+    });
+}
+
+/// The `i`-th source address: 127.0.0.1 + i, staying inside 127.0.0.0/8.
+pub fn source_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + (i % 0x00ff_fffe))
+}
+
+async fn tcp_connect(authority: &str) -> Result<TcpStream> {
+    let sources = SOURCES.get().filter(|s| s.count > 1);
+    let Some(sources) = sources else {
+        return Ok(TcpStream::connect(authority).await?);
+    };
+    let addr = tokio::net::lookup_host(authority)
+        .await?
+        .find(|a| a.ip().is_loopback() && a.is_ipv4())
+        .ok_or_else(|| anyhow!("--source-addrs needs an IPv4 loopback target, not {authority}"))?;
+    let i = sources.next.fetch_add(1, Relaxed) % sources.count;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source_addr(i)), 0))?;
+    Ok(socket.connect(addr).await?)
+}
+
 /// Opens `/ws` (with `?token=` when signed in).
 pub async fn connect(target: &Target, token: Option<&str>) -> Result<Ws> {
-    let tcp = TcpStream::connect(&target.authority).await?;
+    let tcp = tcp_connect(&target.authority).await?;
     let _ = tcp.set_nodelay(true);
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(target.ws_url(token), tcp, Some(config()))
@@ -141,6 +184,18 @@ pub fn close_label(msg: &Message) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_addresses_stay_in_127_slash_8() {
+        assert_eq!(source_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(1), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(255), Ipv4Addr::new(127, 0, 1, 0));
+        for i in [0, 1000, 0x00ff_fffd, 0x00ff_fffe, u32::MAX] {
+            let a = source_addr(i);
+            assert!(a.is_loopback(), "{i}: {a}");
+            assert_ne!(a, Ipv4Addr::new(127, 255, 255, 255), "{i}");
+        }
+    }
 
     #[test]
     fn tags_round_trip() {

@@ -37,6 +37,8 @@ pub struct Shared {
     pub answered: AtomicU64,
     pub open: AtomicU64,
     pub latency: Mutex<Hist>,
+    /// Latencies since the last `--sample` window (taken by the sampler).
+    pub window: Mutex<Hist>,
 }
 
 pub struct Spec {
@@ -199,6 +201,9 @@ fn on_text(text: &str, out: &mut Outcome, shared: &Shared) {
                 if let Ok(mut h) = shared.latency.lock() {
                     h.record_us(us);
                 }
+                if let Ok(mut h) = shared.window.lock() {
+                    h.record_us(us);
+                }
             }
         }
         "ack" => {
@@ -219,7 +224,7 @@ fn on_text(text: &str, out: &mut Outcome, shared: &Shared) {
     }
 }
 
-fn short_error(e: &anyhow::Error) -> String {
+pub(super) fn short_error(e: &anyhow::Error) -> String {
     let s = format!("{e}");
     s.split(':')
         .next()

@@ -1,9 +1,13 @@
 //! `fanout`: C WebSocket connections in chats of M members over the given gateways; each
 //! connection sends its share of `--rate` messages/s (or none: `--rate 0` only holds), and
-//! every delivery is checked for order, loss and send→receipt latency.
+//! every delivery is checked for order, loss and send→receipt latency. `--churn` adds
+//! short-lived connections beside them and `--sample` watches the gateways over time: the
+//! soak of `make bench soak`.
 
+mod churn;
 mod conn;
 mod setup;
+mod soak;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -123,6 +127,36 @@ pub async fn run(args: &Args) -> Result<Report> {
     watch_procs.restart();
     let run_start = Instant::now();
     let until = run_start + args.duration;
+    let fds_before = soak::gateways(&args.gateway_pids).map(|(_, fds)| fds);
+    let churn_stats = Arc::new(churn::Stats::default());
+    let churn_task = tokio::spawn(churn::run(
+        Arc::new(churn::Spec {
+            targets: targets.clone(),
+            // The stable connections' (user, chat) pairs: every one is a member.
+            members: (0..args.connections)
+                .map(|j| {
+                    (
+                        tokens[j % args.users].clone(),
+                        conversations[j / args.members].clone(),
+                    )
+                })
+                .collect(),
+            rate: args.churn,
+            hold: args.churn_hold,
+        }),
+        churn_stats.clone(),
+        until,
+    ));
+    let sampler = args.sample.map(|every| {
+        tokio::spawn(soak::sample(
+            args.gateway_pids.clone(),
+            shared.clone(),
+            churn_stats.clone(),
+            run_start,
+            until,
+            every,
+        ))
+    });
     let _ = phase_tx.send(Phase::Run { until, period });
     tokio::time::sleep_until(until).await;
     let drain_deadline = until + args.drain;
@@ -144,6 +178,18 @@ pub async fn run(args: &Args) -> Result<Report> {
     let run_elapsed = run_start.elapsed();
     let open_at_end = shared.open.load(Relaxed);
     let procs = watch_procs.section("processes (measured phase)");
+    let samples = match sampler {
+        Some(t) => Some(t.await.unwrap_or_default()),
+        None => None,
+    };
+    // The churn's last connections go; then the gateways should hold what they held before.
+    let _ = churn_task.await;
+    let fds_after = if samples.is_some() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        soak::gateways(&args.gateway_pids).map(|(_, fds)| fds)
+    } else {
+        None
+    };
     let _ = phase_tx.send(Phase::Stop);
 
     let join_deadline = Instant::now() + Duration::from_secs(15);
@@ -256,6 +302,30 @@ pub async fn run(args: &Args) -> Result<Report> {
             .latency("latency send->receipt", latency)
             .counts("other frames", other),
     );
+    if args.churn > 0.0 {
+        let connect = churn_stats
+            .connect
+            .lock()
+            .map(|h| h.summary())
+            .unwrap_or_default();
+        let opened = churn_stats.opened.load(Relaxed);
+        r.push(
+            Section::new("churn")
+                .num("asked", args.churn, "/s")
+                .int("connected + subscribed", opened)
+                .num("connects/s", per_sec(opened, args.duration), "/s")
+                .int("closed", churn_stats.closed.load(Relaxed))
+                .int(
+                    "skipped (too many in flight)",
+                    churn_stats.skipped.load(Relaxed),
+                )
+                .counts("failures", churn_stats.failures())
+                .latency("connect + subscribe", connect),
+        );
+    }
+    if let Some(samples) = &samples {
+        r.push(soak::section(samples, args.warmup, fds_before, fds_after));
+    }
     r.push(procs);
     if let Some(s) = sys::redis_section(args, redis_before, Some(acked)).await {
         r.push(s);
