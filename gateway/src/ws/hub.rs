@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-/// A Pub/Sub payload, parsed once per gateway however many connections receive it.
+/// A Pub/Sub payload, parsed once per gateway however many connections receive it. The
+/// payload is reference-counted bytes: every connection sends the same allocation.
 #[derive(Debug)]
 pub struct Published {
-    pub payload: String,
+    pub payload: Utf8Bytes,
     pub header: Header,
 }
 
@@ -325,7 +327,10 @@ impl Hub {
             },
             None => text.to_string(),
         };
-        let shared = Arc::new(Published { payload, header });
+        let shared = Arc::new(Published {
+            payload: payload.into(),
+            header,
+        });
         let targets: Vec<ConnHandle> = match self.channels.lock() {
             Ok(c) => c
                 .listeners

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use confab_shared::commands::Command;
 use confab_shared::keys;
 use confab_shared::trace::TraceContext;
@@ -18,8 +19,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
@@ -164,7 +167,7 @@ async fn run(
     // client frames and events (large, rarely running) are boxed while they run, so the
     // future that waits holds only the `select!` (make bench hold: per-connection RSS).
     let close_code: Option<u16> = loop {
-        let out: Vec<String> = tokio::select! {
+        let out: Vec<Utf8Bytes> = tokio::select! {
             _ = kill.token.cancelled() => break Some(kill.code()),
             _ = shutdown.cancelled() => break Some(CLOSE_GOING_AWAY),
             m = mailbox.recv() => Box::pin(conn.outbound(m)).await,
@@ -182,17 +185,17 @@ async fn run(
                             if bucket.strikes > cfg.ws_rate_burst.max(10) {
                                 break Some(CLOSE_RATE_LIMITED);
                             }
-                            vec![protocol::error_frame("rate_limited", "Too many frames; slow down", None)]
+                            vec![protocol::error_frame("rate_limited", "Too many frames; slow down", None).into()]
                         } else if text.len() > cfg.ws_max_frame_bytes {
-                            vec![protocol::error_frame("frame_too_large", &format!("Frames are limited to {} bytes", cfg.ws_max_frame_bytes), None)]
+                            vec![protocol::error_frame("frame_too_large", &format!("Frames are limited to {} bytes", cfg.ws_max_frame_bytes), None).into()]
                         } else {
                             bucket.strikes = 0;
-                            Box::pin(conn.client_frame(text.as_str())).await
+                            frames(Box::pin(conn.client_frame(text.as_str())).await)
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         metrics.frame_received("invalid");
-                        vec![protocol::error_frame("binary_not_supported", "Send JSON text frames", None)]
+                        vec![protocol::error_frame("binary_not_supported", "Send JSON text frames", None).into()]
                     }
                     Some(Ok(Message::Close(frame))) => {
                         peer_code = frame.map_or(1005, |f| u16::from(f.code));
@@ -222,10 +225,7 @@ async fn run(
         let mut failed = false;
         for text in out {
             metrics.frame_sent(&text);
-            if Box::pin(send(&mut sink, &kill, Message::text(text)))
-                .await
-                .is_err()
-            {
+            if Box::pin(send_text(&mut sink, &kill, text)).await.is_err() {
                 failed = true;
                 break;
             }
@@ -284,6 +284,40 @@ where
         }
     })
     .await;
+}
+
+/// Text frames longer than this go out as fragments of this size. tungstenite writes a frame
+/// through a buffer that keeps its largest capacity for the connection's life: one 16 KiB
+/// message to a chat would otherwise leave 16 KiB or more behind on every subscriber.
+const FRAGMENT: usize = 4096;
+
+/// Sends one text message, fragmented when long (RFC 6455 5.4: a text frame without FIN,
+/// continuations, the last with FIN; the payload slices share the one allocation).
+async fn send_text<S>(sink: &mut S, kill: &Killer, text: Utf8Bytes) -> Result<(), ()>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    if text.len() <= FRAGMENT {
+        return send(sink, kill, Message::Text(text)).await;
+    }
+    let bytes = Bytes::from(text);
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + FRAGMENT).min(bytes.len());
+        let opcode = if at == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(bytes.slice(at..end), opcode, end == bytes.len());
+        send(sink, kill, Message::Frame(frame)).await?;
+        at = end;
+    }
+    Ok(())
+}
+
+fn frames(texts: Vec<String>) -> Vec<Utf8Bytes> {
+    texts.into_iter().map(Utf8Bytes::from).collect()
 }
 
 /// Writes one message unless the connection is being killed (a slow client cannot hold us).
@@ -630,9 +664,9 @@ impl Conn {
     }
 
     /// Turns something from the hub into frames for this client.
-    async fn outbound(&mut self, msg: Outbound) -> Vec<String> {
+    async fn outbound(&mut self, msg: Outbound) -> Vec<Utf8Bytes> {
         match msg {
-            Outbound::Frame(f) => vec![f],
+            Outbound::Frame(f) => vec![f.into()],
             Outbound::Resync => {
                 let ids: Vec<Uuid> = self.subs.keys().copied().collect();
                 let mut out = Vec::new();
@@ -645,7 +679,7 @@ impl Conn {
         }
     }
 
-    async fn event(&mut self, h: &Header, payload: &str) -> Vec<String> {
+    async fn event(&mut self, h: &Header, payload: &Utf8Bytes) -> Vec<Utf8Bytes> {
         match h.kind.as_str() {
             "session_revoked" => {
                 if self
@@ -664,7 +698,8 @@ impl Conn {
                 match self.state.store.summary(id, me).await {
                     Ok(Some(summary)) => vec![
                         serde_json::json!({"type": "conversation_added", "conversation": summary})
-                            .to_string(),
+                            .to_string()
+                            .into(),
                     ],
                     _ => Vec::new(),
                 }
@@ -680,7 +715,7 @@ impl Conn {
                     }
                 }
                 if self.expired.insert(id) {
-                    vec![payload.to_string()]
+                    vec![payload.clone()]
                 } else {
                     Vec::new()
                 }
@@ -688,7 +723,7 @@ impl Conn {
             "typing" => {
                 let mine = h.from.as_deref() == Some(self.origin().as_str());
                 match h.conversation_id {
-                    Some(id) if self.subs.contains_key(&id) && !mine => vec![payload.to_string()],
+                    Some(id) if self.subs.contains_key(&id) && !mine => vec![payload.clone()],
                     _ => Vec::new(),
                 }
             }
@@ -700,11 +735,11 @@ impl Conn {
                     return Vec::new();
                 };
                 match h.event_id {
-                    None => vec![payload.to_string()],
+                    None => vec![payload.clone()],
                     Some(eid) if eid <= sub.last => Vec::new(),
                     Some(eid) if eid == sub.last + 1 => {
                         sub.last = eid;
-                        vec![payload.to_string()]
+                        vec![payload.clone()]
                     }
                     Some(_) => self.catch_up(id).await,
                 }
@@ -713,7 +748,7 @@ impl Conn {
     }
 
     /// Sends the stored events after the subscription's last eventId.
-    async fn catch_up(&mut self, id: Uuid) -> Vec<String> {
+    async fn catch_up(&mut self, id: Uuid) -> Vec<Utf8Bytes> {
         let Some(last) = self.subs.get(&id).map(|s| s.last) else {
             return Vec::new();
         };
@@ -723,18 +758,62 @@ impl Conn {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     sub.last = newest;
                 }
-                vec![protocol::subscribed(id, newest, true)]
+                vec![protocol::subscribed(id, newest, true).into()]
             }
             Ok((events, false)) => {
                 if let (Some(sub), Some((newest, _))) = (self.subs.get_mut(&id), events.last()) {
                     sub.last = *newest;
                 }
-                events.into_iter().map(|(_, e)| e).collect()
+                events.into_iter().map(|(_, e)| e.into()).collect()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading history for a catch-up failed");
                 Vec::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    async fn sent(text: &str) -> Vec<Message> {
+        let (mut tx, rx) = futures::channel::mpsc::unbounded::<Message>();
+        let kill = Killer::default();
+        assert!(send_text(&mut tx, &kill, text.into()).await.is_ok());
+        drop(tx);
+        rx.collect().await
+    }
+
+    #[tokio::test]
+    async fn short_texts_go_as_one_frame() {
+        let text = "é".repeat(FRAGMENT / 2);
+        assert_eq!(sent(&text).await, vec![Message::text(text)]);
+    }
+
+    #[tokio::test]
+    async fn long_texts_go_as_fragments_that_join_to_the_text() {
+        // Multi-byte characters: fragments may split one; the receiver validates the whole.
+        let text = "ü€x".repeat(FRAGMENT * 3 / 5);
+        let frames: Vec<Frame> = sent(&text)
+            .await
+            .into_iter()
+            .map(|m| match m {
+                Message::Frame(f) => f,
+                other => panic!("expected raw frames, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(frames.len(), text.len().div_ceil(FRAGMENT));
+        for (i, f) in frames.iter().enumerate() {
+            let h = f.header();
+            let want = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(h.opcode, OpCode::Data(want), "frame {i}");
+            assert_eq!(h.is_final, i + 1 == frames.len(), "frame {i}");
+            assert!(f.payload().len() <= FRAGMENT);
+        }
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, text.as_bytes());
     }
 }
